@@ -1,0 +1,57 @@
+"""Scores -> binary masks: one global threshold per member, straight-through gradient, cascaded routing.
+
+Pure functions over tensors; ``CascadeNet`` owns the scores and calls these.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["keep_count", "global_topk_masks", "straight_through", "route_to_teacher"]
+
+
+def keep_count(ratio: float, total: int, min_keep: int = 1) -> int:
+    """Filters kept when a fraction ``ratio`` of ``total`` is removed (at least ``min_keep``)."""
+    return max(min_keep, total - int(round(ratio * total)))
+
+
+@torch.no_grad()
+def global_topk_masks(scores: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
+    """Binary masks that keep exactly ``keep`` filters across all layers by one global threshold.
+
+    ``scores`` holds one 1-D tensor per prunable group. Each group keeps its best filter whatever the
+    threshold (a layer of width 0 cannot be exported); the remaining ``keep - len(scores)`` slots go to
+    the globally highest scores, so the count is exact even with ties.
+    """
+    sizes = [s.numel() for s in scores]
+    flat = torch.cat([s.detach().float().flatten() for s in scores])  # (F,)
+    if keep >= flat.numel():
+        return [torch.ones_like(s, dtype=torch.float32) for s in scores]
+    forced = torch.zeros_like(flat, dtype=torch.bool)
+    offset = 0
+    for n, s in zip(sizes, scores):
+        forced[offset + int(s.detach().argmax())] = True
+        offset += n
+    rest = flat.masked_fill(forced, float("-inf"))
+    extra = max(0, keep - len(scores))
+    keep_mask = forced.clone()
+    if extra:
+        keep_mask[rest.topk(extra).indices] = True
+    return [m.float() for m in keep_mask.split(sizes)]
+
+
+def straight_through(hard: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Forward: the binary mask. Backward: dL/dscore = dL/dmask (the threshold is taken as the identity).
+
+    dL/dmask of filter n is sum over positions of dL/dY_n * (unmasked output)_n, so a masked filter still
+    receives a gradient and can come back.
+    """
+    return hard + scores - scores.detach()
+
+
+def route_to_teacher(grad: torch.Tensor) -> torch.Tensor:
+    """The cascaded score update on a (N, C) gradient, student first.
+
+    Member i takes member i+1's gradient (its teacher member still has the filters that i pruned and sees
+    their contribution); the top member keeps its own.
+    """
+    return torch.cat([grad[1:], grad[-1:]], dim=0)

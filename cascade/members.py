@@ -1,0 +1,247 @@
+"""``CascadeNet``: one CNN run as N members (student first) that share its convolution weights.
+
+Every member owns its stem (first conv), BatchNorms, head (last linear) and filter scores. The wrapped
+model's BatchNorms, stem and head are swapped for ``Memberwise`` modules that split the (N*B) batch into
+N chunks, one per member; everything else (shared convs, activations, pooling, residual additions) is
+batch-independent, so one forward pass over the N*B batch computes all members and every shared conv
+runs as one call.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from .masks import global_topk_masks, keep_count, route_to_teacher, straight_through
+
+__all__ = ["CascadeNet", "Memberwise", "MemberBN", "validate_ratios"]
+
+
+class Memberwise(nn.Module):
+    """N copies of a module; chunk i of the (N*B, ...) batch goes through copy i."""
+
+    def __init__(self, module: nn.Module, n: int):
+        super().__init__()
+        self.copies = nn.ModuleList(copy.deepcopy(module) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(c) for m, c in zip(self.copies, x.chunk(len(self.copies)))])
+
+
+class MemberBN(Memberwise):
+    """Per-member BatchNorm followed by the member's channel mask.
+
+    The mask multiplies the BN *output*, so a masked channel is exactly zero (its BN shift cannot leak)
+    and the masked member computes what the physically pruned network computes.
+    """
+
+    mask: torch.Tensor | None = None  # (N, C), set by CascadeNet before each forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)  # (N*B, C, H, W)
+        if self.mask is None:
+            return y
+        n, c = self.mask.shape
+        m = self.mask.to(y.dtype).view(n, 1, c, *([1] * (y.dim() - 2)))
+        return (y.unflatten(0, (n, -1)) * m).flatten(0, 1)
+
+
+@dataclass
+class PruneGroup:
+    """Coupled channels that are removed together, with one score/mask entry per channel."""
+    root: str                                # name of the conv whose output channels index the group
+    size: int                                # channels in the group
+    bns: list[tuple[str, list[int]]]         # (BatchNorm name, root index of each of its channels)
+
+
+def validate_ratios(ratios: list[float]) -> None:
+    """Member ratios (fraction of filters removed), student first: each in [0, 1), strictly decreasing."""
+    if not ratios:
+        raise ValueError("ratios: at least one member (the student) is needed")
+    for i, k in enumerate(ratios):
+        if not isinstance(k, (int, float)) or not 0.0 <= float(k) < 1.0:
+            raise ValueError(f"ratios[{i}]: expected a number in [0, 1), got {k!r}")
+    for i in range(1, len(ratios)):
+        if not ratios[i] < ratios[i - 1]:
+            raise ValueError(f"ratios[{i}]: member ratios must decrease strictly from the student's, got {ratios}")
+
+
+def _forward_order(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Names of conv/linear modules in the order the forward pass calls them."""
+    order: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(names[m]))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(example_input)
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return order
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str]) -> list[PruneGroup]:
+    """Prunable channel groups from Torch-Pruning's dependency graph.
+
+    A group is kept only if every conv whose outputs it removes is followed by a BatchNorm in the group
+    (the mask sits after BN). Groups coupled with an ignored layer (stem, head) are skipped.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    groups = []
+    for group in dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in ignored],
+                                   root_module_types=[nn.Conv2d]):
+        root = group[0].dep.target.module
+        convs, bns = set(), {}
+        for item in group.items:
+            mod, fn = item.dep.target.module, item.dep.handler
+            if isinstance(mod, nn.BatchNorm2d):
+                order = sorted(zip(item.idxs, item.root_idxs))  # BN channel -> root channel
+                bns[names[mod]] = [r for _, r in order]
+            elif isinstance(mod, nn.Conv2d) and dg.is_out_channel_pruning_fn(fn):
+                convs.add(mod)
+        if bns and len(bns) >= len(convs):
+            groups.append(PruneGroup(names[root], root.out_channels, sorted(bns.items())))
+    return groups
+
+
+class CascadeNet(nn.Module):
+    """A hierarchy of members T_0 (student) ... T_{N-1} over one model's shared conv weights.
+
+    ``ratios[i]`` is the fraction of prunable filters member i removes (student first, strictly
+    decreasing). ``forward(x)`` returns one logits tensor per member, student first.
+    """
+
+    def __init__(self, model: nn.Module, ratios: list[float], example_input: torch.Tensor, *,
+                 score_init: str = "l1", hint_layers: int = 3):
+        super().__init__()
+        validate_ratios(list(ratios))
+        self.ratios = [float(k) for k in ratios]
+        self.n = len(ratios)
+        self.input_size = tuple(example_input.shape[1:])
+        body = copy.deepcopy(model).cpu().eval()
+        example_input = example_input[:1].cpu()
+        order = _forward_order(body, example_input)
+        self.stem_name, self.head_name = order[0], order[-1]  # the stem is never masked nor shared
+        with torch.enable_grad():
+            self.groups = find_groups(body, example_input, ignored=[self.stem_name, self.head_name])
+        if not self.groups:
+            raise ValueError("this model has no prunable channel group (conv followed by BatchNorm)")
+        self.total_filters = sum(g.size for g in self.groups)
+        self.keep = [keep_count(k, self.total_filters, min_keep=len(self.groups)) for k in self.ratios]
+
+        # Scores: one (N, C_g) tensor per group, initialised from the root conv's filter L1 norm,
+        # normalised per layer so that one global threshold compares layers on an equal footing.
+        scores = []
+        for g in self.groups:
+            w = body.get_submodule(g.root).weight.detach()
+            if score_init == "l1":
+                s = w.abs().flatten(1).sum(1)
+                s = s / s.max().clamp_min(1e-12)
+            elif score_init == "random":
+                s = torch.rand(g.size, generator=torch.Generator().manual_seed(len(scores)))
+            else:
+                raise ValueError(f"score_init: expected 'l1' or 'random', got {score_init!r}")
+            scores.append(nn.Parameter(s.float().repeat(self.n, 1)))
+        self.scores = nn.ParameterList(scores)
+        for p in self.scores:
+            p.register_hook(route_to_teacher)
+
+        for name, m in list(body.named_modules()):
+            if isinstance(m, nn.BatchNorm2d):
+                _set_module(body, name, MemberBN(m, self.n))
+            elif name in (self.stem_name, self.head_name):
+                _set_module(body, name, Memberwise(m, self.n))
+        self.body = body
+        # (module, group index, root index of each BN channel)
+        self._masked = [(body.get_submodule(bn), gi, torch.tensor(idx))
+                        for gi, g in enumerate(self.groups) for bn, idx in g.bns]
+        masked_names = [bn for g in self.groups for bn, _ in g.bns]
+        bn_order = [n for n, m in body.named_modules() if isinstance(m, MemberBN) and n in masked_names]
+        self.hint_names = bn_order[-hint_layers:] if hint_layers > 0 else []
+
+    # ------------------------------------------------------------------ masks
+    def hard_masks(self) -> list[torch.Tensor]:
+        """Binary masks, one (N, C_g) tensor per group: member i keeps exactly ``self.keep[i]`` filters."""
+        per_member = [global_topk_masks([s[i] for s in self.scores], self.keep[i]) for i in range(self.n)]
+        return [torch.stack([per_member[i][g] for i in range(self.n)]).to(self.scores[g].device)
+                for g in range(len(self.groups))]
+
+    def _apply_masks(self, masks: list[torch.Tensor] | None) -> None:
+        for bn, gi, idx in self._masked:
+            bn.mask = None if masks is None else masks[gi][:, idx.to(masks[gi].device)]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, *, with_features: bool = False):
+        """x: (B, C, H, W) -> list of N logits (B, K), student first [, list of N lists of hint features]."""
+        hard = self.hard_masks()
+        self._apply_masks([straight_through(h, s) for h, s in zip(hard, self.scores)])
+        features: dict[str, torch.Tensor] = {}
+        hooks = [self.body.get_submodule(n).register_forward_hook(
+                 lambda m, i, o, n=n: features.__setitem__(n, o)) for n in self.hint_names] if with_features else []
+        try:
+            out = self.body(x.repeat(self.n, *([1] * (x.dim() - 1))))  # (N*B, K)
+        finally:
+            # the masks live on in the autograd graph; the modules must not hold them (deepcopy, pickling)
+            self._apply_masks(None)
+            for h in hooks:
+                h.remove()
+        logits = list(out.chunk(self.n))
+        if not with_features:
+            return logits
+        # per member, the hint features in layer order: feats[i][j] is (B, C_j, H_j, W_j)
+        chunks = [features[n].chunk(self.n) for n in self.hint_names]
+        feats = [[c[i] for c in chunks] for i in range(self.n)]
+        return logits, feats
+
+    # ------------------------------------------------------------------ export
+    def decisions(self, i: int) -> dict[str, list[int]]:
+        """Member i's pruning decisions: for each group's root conv, the output channels it keeps."""
+        masks = self.hard_masks()
+        return {g.root: torch.nonzero(masks[gi][i]).flatten().tolist() for gi, g in enumerate(self.groups)}
+
+    def plain_member(self, i: int) -> nn.Module:
+        """Member i as the original architecture at full width (its stem, BNs and head), unpruned."""
+        plain = copy.deepcopy(self.body)
+        for name, m in list(plain.named_modules()):
+            if isinstance(m, Memberwise):
+                _set_module(plain, name, m.copies[i])
+        return plain
+
+    def export(self, i: int = 0) -> nn.Module:
+        """Member i as a plain, physically smaller ``nn.Module`` (Torch-Pruning removes the filters,
+        their BN channels and the next layers' input channels). Eval outputs equal the masked member's."""
+        return apply_decisions(self.plain_member(i), self.decisions(i), self.input_size)
+
+    def member_stats(self) -> list[dict]:
+        """Per member: ratio, kept-filter fraction and kept channels per group root."""
+        masks = self.hard_masks()
+        return [{"ratio": self.ratios[i], "kept_fraction": self.keep[i] / self.total_filters,
+                 "kept_channels": {g.root: int(masks[gi][i].sum()) for gi, g in enumerate(self.groups)}}
+                for i in range(self.n)]
+
+
+def apply_decisions(model: nn.Module, decisions: dict[str, list[int]], input_size: tuple[int, ...]) -> nn.Module:
+    """Physically prune ``model`` in place so each named root conv keeps only the listed output channels."""
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    with torch.enable_grad():  # Torch-Pruning traces the graph through autograd
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_size, device=p.device))
+    for root, kept in decisions.items():
+        conv = model.get_submodule(root)
+        drop = sorted(set(range(conv.out_channels)) - set(kept))
+        if drop:
+            dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=drop).prune()
+    model.train(was_training)
+    return model
