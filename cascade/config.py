@@ -179,6 +179,7 @@ class TeacherConfig:
 class CascadeConfig:
     ratios: list[float] = field(default_factory=lambda: [0.6, 0.4, 0.0])  # k_0 (student) > k_1 > ... > k_{N-1}
     score_init: str = "l1"         # l1: filter L1 norm / per-layer max; random
+    route_scores: bool = True      # the cascaded score update; false = each member's own gradient (ablation)
 
 
 @dataclass

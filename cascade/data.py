@@ -219,13 +219,15 @@ def imagefolder_splits(root: str | None) -> tuple[Path, Path]:
 def _small_imagefolder(root: str | None, size: int) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
-    from torchvision.io import ImageReadMode, decode_image
+    import numpy as np
+    from PIL import Image
 
     train_dir, test_dir = imagefolder_splits(root)
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
 
     def read(path: Path) -> torch.Tensor:
-        img = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, h, w) uint8
+        with Image.open(path) as im:
+            img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, h, w) uint8
         return _resize(img[None], size)[0]
 
     def load(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:

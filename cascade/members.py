@@ -49,6 +49,29 @@ class MemberBN(Memberwise):
         return (y.unflatten(0, (n, -1)) * m).flatten(0, 1)
 
 
+class _ReluPassZero(torch.autograd.Function):
+    """relu(x), whose backward lets the gradient through at x == 0 (a valid subgradient)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x >= 0).to(grad.dtype)
+
+
+class ReLUPassZero(nn.ReLU):
+    """The members' ReLU. A masked channel is exactly 0, and torch's relu'(0) = 0 would cut its mask off
+    from any gradient; passing it at 0 gives the straight-through gradient the method needs
+    (sum of dL/dY_n * unmasked output_n), so a pruned filter can come back. Same forward as nn.ReLU."""
+
+    def forward(self, x):
+        return _ReluPassZero.apply(x)
+
+
 @dataclass
 class PruneGroup:
     """Coupled channels that are removed together, with one score/mask entry per channel."""
@@ -123,7 +146,7 @@ class CascadeNet(nn.Module):
     """
 
     def __init__(self, model: nn.Module, ratios: list[float], example_input: torch.Tensor, *,
-                 score_init: str = "l1", hint_layers: int = 3):
+                 score_init: str = "l1", hint_layers: int = 3, route_scores: bool = True):
         super().__init__()
         validate_ratios(list(ratios))
         self.ratios = [float(k) for k in ratios]
@@ -154,11 +177,15 @@ class CascadeNet(nn.Module):
                 raise ValueError(f"score_init: expected 'l1' or 'random', got {score_init!r}")
             scores.append(nn.Parameter(s.float().repeat(self.n, 1)))
         self.scores = nn.ParameterList(scores)
+        # The cascaded update (off only for ablations: every member then follows its own gradient).
+        self.route_scores = route_scores
         for p in self.scores:
-            p.register_hook(route_to_teacher)
+            p.register_hook(lambda grad: route_to_teacher(grad) if self.route_scores else grad)
 
         for name, m in list(body.named_modules()):
-            if isinstance(m, nn.BatchNorm2d):
+            if type(m) is nn.ReLU:
+                _set_module(body, name, ReLUPassZero(inplace=m.inplace))
+            elif isinstance(m, nn.BatchNorm2d):
                 _set_module(body, name, MemberBN(m, self.n))
             elif name in (self.stem_name, self.head_name):
                 _set_module(body, name, Memberwise(m, self.n))
@@ -216,6 +243,8 @@ class CascadeNet(nn.Module):
         for name, m in list(plain.named_modules()):
             if isinstance(m, Memberwise):
                 _set_module(plain, name, m.copies[i])
+            elif isinstance(m, ReLUPassZero):
+                _set_module(plain, name, nn.ReLU(inplace=m.inplace))
         return plain
 
     def export(self, i: int = 0) -> nn.Module:

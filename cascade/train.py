@@ -79,7 +79,8 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
         p.requires_grad_(True)
     base_flops, base_params = count_flops(base, data.input_size)
     net = CascadeNet(base, cfg.cascade.ratios, example, score_init=cfg.cascade.score_init,
-                     hint_layers=cfg.loss.hint_layers if cfg.loss.lambda_h > 0 else 0)
+                     hint_layers=cfg.loss.hint_layers if cfg.loss.lambda_h > 0 else 0,
+                     route_scores=cfg.cascade.route_scores)
     net = prepare(net, device)
     n = net.n
     bs, s = cfg.data.batch_size, cfg.schedule

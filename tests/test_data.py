@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cascade.data import DataError, augment, load_data
+
+
+def test_digits_offline_as_32x32_rgb():
+    d = load_data(name="digits", val_fraction=0.1)
+    assert d.input_size == (3, 32, 32) and d.num_classes == 10
+    assert len(d.train) + len(d.val) + len(d.test) == 1797
+    x, y = next(d.test.batches(64, torch.device("cpu"), train=False))
+    assert x.shape == (64, 3, 32, 32) and x.dtype == torch.float32 and y.max() < 10
+
+
+def test_subsets_and_seeded_shuffles():
+    a = load_data(name="digits", train_subset=300, test_subset=100, val_fraction=0.2, seed=1)
+    b = load_data(name="digits", train_subset=300, test_subset=100, val_fraction=0.2, seed=1)
+    assert len(a.train) == 240 and len(a.val) == 60 and len(a.test) == 100
+    assert torch.equal(a.train.y, b.train.y)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    cpu = torch.device("cpu")
+    xa, _ = next(a.train.batches(32, cpu, train=True, generator=g1))
+    xb, _ = next(b.train.batches(32, cpu, train=True, generator=g2))
+    assert torch.equal(xa, xb)
+
+
+def test_augment_is_a_shifted_possibly_flipped_copy():
+    x = torch.rand(64, 3, 8, 8)
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    # every output is the input translated by at most 4 pixels (zeros enter from the padding) and maybe flipped
+    for i in range(8):
+        xp = torch.nn.functional.pad(x[i], (4, 4, 4, 4))
+        found = any(torch.equal(out[i], c) for dy in range(9) for dx in range(9)
+                    for c in (xp[:, dy:dy + 8, dx:dx + 8], xp[:, dy:dy + 8, dx:dx + 8].flip(2)))
+        assert found
+    assert not torch.equal(out, x)
+
+
+def test_imagefolder_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{k}.jpg")
+    d = load_data(name="imagefolder", root=str(tmp_path), image_size=16, val_fraction=0.25)
+    assert d.num_classes == 2 and d.input_size == (3, 16, 16)
+    assert len(d.train) + len(d.val) == 12 and len(d.test) == 4
+    assert sorted(d.test.y.tolist()) == [0, 0, 1, 1]
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="data.root: cifar10 not found"):
+        load_data(name="cifar10", root=str(tmp_path))
+    with pytest.raises(DataError, match="data.root: .* has no train/ folder"):
+        load_data(name="imagefolder", root=str(tmp_path))

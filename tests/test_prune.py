@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cascade import load_prune_config, prune_epochs, run_prune
+from cascade.cli import main
+from cascade.engine import CheckpointError, evaluate, lr_factor, resolve_device
+from cascade.train import load_prune_data
+from conftest import TINY
+
+
+def test_prune_on_digits_removes_filters_cuts_flops_and_learns(tmp_path):
+    cfg = load_prune_config(None, TINY + ["cascade.ratios=[0.6,0.3,0.0]"])
+    r = run_prune(cfg, tmp_path, log=lambda s: None)
+    student = r["members"][0]
+    assert student["kept_fraction"] == pytest.approx(0.4, abs=0.01)
+    assert [m["ratio"] for m in r["members"]] == [0.6, 0.3, 0.0]
+    assert r["members"][2]["kept_fraction"] == 1.0
+    assert 0.35 < r["flops_reduction"] < 0.95 and r["params_reduction"] > 0.3
+    assert r["accuracy"] > 50  # chance is 10%
+    assert len(r["history"]) == 4 and r["history"][-1]["phase"] == "finetune"
+    saved = json.loads((tmp_path / "result.json").read_text())
+    for key in ("accuracy", "flops", "params", "base_flops", "base_params", "teacher_accuracy", "members",
+                "kept_channels", "config", "seed"):
+        assert key in saved
+    # the exported module on disk is the one that was measured
+    model = torch.load(tmp_path / "student.pt", weights_only=False)
+    assert sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)) < 0.6 * 1040
+    data = load_prune_data(cfg)
+    assert evaluate(model, data.test, resolve_device("cpu")) == pytest.approx(r["accuracy"], abs=1e-6)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    cfg = load_prune_config(None, TINY + ["schedule.joint_epochs=3", "cascade.ratios=[0.5,0.0]"])
+    gen = prune_epochs(cfg, tmp_path, log=lambda s: None)
+    first = [next(gen), next(gen)]  # two joint epochs done and checkpointed, then the run "dies"
+    gen.close()
+    lines = []
+    r = run_prune(cfg, tmp_path, log=lines.append)
+    assert any("resuming" in line and "2 epochs done" in line for line in lines)
+    assert [(m["phase"], m["epoch"]) for m in r["history"]] == [
+        ("joint", 1), ("joint", 2), ("joint", 3), ("finetune", 1), ("finetune", 2)]
+    assert r["history"][0]["loss"] == first[0]["loss"]
+
+
+def test_corrupt_checkpoint_is_reported_not_restarted(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    cfg = load_prune_config(None, TINY)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        run_prune(cfg, tmp_path, log=lambda s: None)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"PK\x03\x04 truncated"
+
+
+BAD = [
+    (["--set", "cascade.ratios=[0.3,0.5]"], "cascade.ratios[1]"),
+    (["--set", "cascade.ratios=[1.2]"], "cascade.ratios[0]"),
+    (["--set", "cascade.ratio=[0.5]"], "cascade.ratio"),
+    (["--set", "model.name=resnet9000"], "model.name"),
+    (["--set", "model.width=wide"], "model.width"),
+    (["--set", "data.batch_size=0"], "data.batch_size"),
+    (["--set", "data.name=imagefolder", "--set", "data.root=/nonexistent/x"], "data.root"),
+    (["--set", "schedule.joint_epochs=0"], "schedule.joint_epochs"),
+    (["--set", "teacher.checkpoint=/nonexistent.pt"], "teacher.checkpoint"),
+    (["--set", "optim.score_optimizer=lion"], "optim.score_optimizer"),
+]
+
+
+@pytest.mark.parametrize("args,field", BAD)
+def test_bad_prune_config_exits_2_naming_the_field(args, field, tmp_path, capsys):
+    assert main(["prune", *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {field}:")
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_wrong_class_count_teacher_fails_before_training(tmp_path, capsys):
+    from cascade import create_model
+
+    torch.save(create_model("vgg16_cifar", num_classes=100, width=0.25), tmp_path / "t.pt")
+    assert main(["prune", "--set", "model.width=0.25", "--set", f"teacher.checkpoint={tmp_path / 't.pt'}",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "teacher.checkpoint: the teacher predicts 100 classes" in capsys.readouterr().err
+
+
+def test_console_script_exit_code(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "search.cli", "prune", "--set", "loss.tau=-1", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip() == "error: loss.tau: expected > 0, got -1.0"
+
+
+def test_lr_schedule_restarts_with_decay():
+    assert lr_factor(0, 10, 5, 0.5) == pytest.approx(1.0)
+    assert lr_factor(25, 10, 5, 0.5) == pytest.approx(0.5)     # middle of the first cycle
+    assert lr_factor(50, 10, 5, 0.5) == pytest.approx(0.5)     # restart, peak halved
+    assert lr_factor(49, 10, 5, 0.5) < 0.01
