@@ -131,6 +131,7 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
             sched.step()
             for k, v in terms.items():  # summed on the device: no host synchronisation per step
                 sums[k] = sums.get(k, 0) + v.detach()
+        _check_finite(sums["loss"], "joint", state["epoch"] + 1)
         state["epoch"] += 1
         masks = [m.detach().clone() for m in net.hard_masks()]
         accs = evaluate(net, data.val, device)
@@ -207,6 +208,7 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
                 sums[k] = sums.get(k, 0) + v.detach()
         for h in hooks + th:
             h.remove()
+        _check_finite(sums["loss"], "finetune", state["epoch"] + 1)
         state["epoch"] += 1
         student_acc = float(evaluate(student, data.val, device))
         metrics = {"phase": "finetune", "epoch": state["epoch"], "epochs": s.finetune_epochs,
@@ -243,6 +245,12 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _check_finite(loss_sum: torch.Tensor, phase: str, epoch: int) -> None:
+    """A diverged run fails loudly (one sync per epoch) rather than training on NaNs."""
+    if not torch.isfinite(loss_sum).item():
+        raise FloatingPointError(f"loss is not finite in {phase} epoch {epoch}: lower the learning rate")
 
 
 def _optimizers(model: nn.Module, cfg: PruneConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
