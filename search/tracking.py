@@ -94,10 +94,10 @@ class TrialRun:
 
         mlflow.set_tracking_uri(self.uri)
 
-        def _log():
+        def _log():  # pickled whole: a pruned module no longer fits its class's state_dict
             with mlflow.start_run(run_id=self.run_id):
                 info = mlflow.pytorch.log_model(
-                    module, name="student", input_example=input_example,
+                    module, name="student", input_example=input_example, serialization_format="pickle",
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision", "torch-pruning"],
                     code_paths=[str(code_dir)] if code_dir else None)
             return info.model_uri
