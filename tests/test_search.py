@@ -106,3 +106,11 @@ def test_invalid_yaml_is_reported(tmp_path, capsys):
     bad.write_text("experiment: [unclosed\n")
     assert main(["search", str(bad)]) == 2
     assert capsys.readouterr().err.startswith("error: config: invalid YAML")
+
+
+@pytest.mark.parametrize("name", ["smoke", "cifar10_vgg16", "cifar10_resnet56", "imagenet_resnet50"])
+def test_shipped_spaces_validate(name, tmp_path):
+    for d in ("train", "val"):
+        (tmp_path / d).mkdir()
+    cfg = load_config(SMOKE.parent / f"{name}.yaml", [f"data.root={tmp_path}"] if name == "imagenet_resnet50" else [])
+    assert cfg.num_trials >= 1 and cfg.parsed_space().max_tas >= 1
