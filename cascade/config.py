@@ -178,6 +178,7 @@ class TeacherConfig:
 @dataclass
 class CascadeConfig:
     ratios: list[float] = field(default_factory=lambda: [0.6, 0.4, 0.0])  # k_0 (student) > k_1 > ... > k_{N-1}
+    budget: str = "flops"          # what a ratio removes: a fraction of the FLOPs, of the params, or of the filters
     score_init: str = "l1"         # l1: filter L1 norm / per-layer max; random
     route_scores: bool = True      # the cascaded score update; false = each member's own gradient (ablation)
 
@@ -263,6 +264,8 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
     _check(t.epochs >= 0, "teacher.epochs", f"expected >= 0, got {t.epochs}")
     _check(t.lr > 0, "teacher.lr", f"expected > 0, got {t.lr}")
     _check(cfg.cascade.score_init in ("l1", "random"), "cascade.score_init", "expected 'l1' or 'random'")
+    _check(cfg.cascade.budget in ("filters", "flops", "params"), "cascade.budget",
+           f"expected flops, params or filters, got {cfg.cascade.budget!r}")
     lo = cfg.loss
     _check(lo.tau > 0, "loss.tau", f"expected > 0, got {lo.tau}")
     _check(lo.lambda_kd >= 0, "loss.lambda_kd", f"expected >= 0, got {lo.lambda_kd}")

@@ -9,12 +9,13 @@ runs as one call.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from .budget import BUDGETS, CostModel, budget_masks
 from .masks import global_topk_masks, keep_count, route_to_teacher, straight_through
 
 __all__ = ["CascadeNet", "Memberwise", "MemberBN", "validate_ratios"]
@@ -78,6 +79,7 @@ class PruneGroup:
     root: str                                # name of the conv whose output channels index the group
     size: int                                # channels in the group
     bns: list[tuple[str, list[int]]]         # (BatchNorm name, root index of each of its channels)
+    layers: list[tuple[str, str, list[int]]] = field(default_factory=list)  # (conv/linear, "in"|"out", root idx per position)
 
 
 def validate_ratios(ratios: list[float]) -> None:
@@ -125,16 +127,20 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str
     for group in dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in ignored],
                                    root_module_types=[nn.Conv2d]):
         root = group[0].dep.target.module
-        convs, bns = set(), {}
+        convs, bns, layers = set(), {}, {}
         for item in group.items:
             mod, fn = item.dep.target.module, item.dep.handler
+            roots = [r for _, r in sorted(zip(item.idxs, item.root_idxs))]  # target position -> root channel
             if isinstance(mod, nn.BatchNorm2d):
-                order = sorted(zip(item.idxs, item.root_idxs))  # BN channel -> root channel
-                bns[names[mod]] = [r for _, r in order]
-            elif isinstance(mod, nn.Conv2d) and dg.is_out_channel_pruning_fn(fn):
-                convs.add(mod)
+                bns[names[mod]] = roots
+            elif isinstance(mod, (nn.Conv2d, nn.Linear)):
+                out = dg.is_out_channel_pruning_fn(fn)
+                layers[(names[mod], "out" if out else "in")] = roots
+                if out and isinstance(mod, nn.Conv2d):
+                    convs.add(mod)
         if bns and len(bns) >= len(convs):
-            groups.append(PruneGroup(names[root], root.out_channels, sorted(bns.items())))
+            groups.append(PruneGroup(names[root], root.out_channels, sorted(bns.items()),
+                                     [(n, d, r) for (n, d), r in layers.items()]))
     return groups
 
 
@@ -146,9 +152,12 @@ class CascadeNet(nn.Module):
     """
 
     def __init__(self, model: nn.Module, ratios: list[float], example_input: torch.Tensor, *,
-                 score_init: str = "l1", hint_layers: int = 3, route_scores: bool = True):
+                 score_init: str = "l1", hint_layers: int = 3, route_scores: bool = True, budget: str = "flops"):
         super().__init__()
         validate_ratios(list(ratios))
+        if budget not in BUDGETS:
+            raise ValueError(f"budget: expected one of {', '.join(BUDGETS)}, got {budget!r}")
+        self.budget = budget
         self.ratios = [float(k) for k in ratios]
         self.n = len(ratios)
         self.input_size = tuple(example_input.shape[1:])
@@ -162,6 +171,11 @@ class CascadeNet(nn.Module):
             raise ValueError("this model has no prunable channel group (conv followed by BatchNorm)")
         self.total_filters = sum(g.size for g in self.groups)
         self.keep = [keep_count(k, self.total_filters, min_keep=len(self.groups)) for k in self.ratios]
+        # Budgets in FLOPs/params: the exact cost of a masked member, and each member's target.
+        self.cost_model = CostModel.build(body, example_input, self.groups)
+        self.base_cost = self.cost_model.cost([torch.ones(g.size) for g in self.groups])
+        idx = 1 if budget == "params" else 0
+        self.targets = [(1 - k) * self.base_cost[idx] for k in self.ratios]
 
         # Scores: one (N, C_g) tensor per group, initialised from the root conv's filter L1 norm,
         # normalised per layer so that one global threshold compares layers on an equal footing.
@@ -199,8 +213,13 @@ class CascadeNet(nn.Module):
 
     # ------------------------------------------------------------------ masks
     def hard_masks(self) -> list[torch.Tensor]:
-        """Binary masks, one (N, C_g) tensor per group: member i keeps exactly ``self.keep[i]`` filters."""
-        per_member = [global_topk_masks([s[i] for s in self.scores], self.keep[i]) for i in range(self.n)]
+        """Binary masks, one (N, C_g) tensor per group. Member i keeps exactly ``self.keep[i]`` filters
+        (budget 'filters'), or the most filters whose FLOPs/params are at most ``self.targets[i]``."""
+        if self.budget == "filters":
+            per_member = [global_topk_masks([s[i] for s in self.scores], self.keep[i]) for i in range(self.n)]
+        else:
+            per_member = [budget_masks([s[i].detach().cpu() for s in self.scores], self.cost_model, self.targets[i],
+                                       self.budget) for i in range(self.n)]
         return [torch.stack([per_member[i][g] for i in range(self.n)]).to(self.scores[g].device)
                 for g in range(len(self.groups))]
 
@@ -252,12 +271,24 @@ class CascadeNet(nn.Module):
         their BN channels and the next layers' input channels). Eval outputs equal the masked member's."""
         return apply_decisions(self.plain_member(i), self.decisions(i), self.input_size)
 
+    def member_cost(self, i: int, masks: list[torch.Tensor] | None = None) -> tuple[int, int]:
+        """Member i's exact (FLOPs, params) once exported."""
+        masks = masks or self.hard_masks()
+        return self.cost_model.cost([m[i].cpu() for m in masks])
+
     def member_stats(self) -> list[dict]:
-        """Per member: ratio, kept-filter fraction and kept channels per group root."""
+        """Per member: ratio, budget, kept-filter fraction, requested and achieved FLOPs/params, kept channels."""
         masks = self.hard_masks()
-        return [{"ratio": self.ratios[i], "kept_fraction": self.keep[i] / self.total_filters,
-                 "kept_channels": {g.root: int(masks[gi][i].sum()) for gi, g in enumerate(self.groups)}}
-                for i in range(self.n)]
+        out = []
+        for i in range(self.n):
+            flops, params = self.member_cost(i, masks)
+            out.append({"ratio": self.ratios[i], "budget": self.budget,
+                        "kept_fraction": sum(int(m[i].sum()) for m in masks) / self.total_filters,
+                        "flops": flops, "params": params,
+                        "requested_flops": self.targets[i] if self.budget == "flops" else None,
+                        "requested_params": self.targets[i] if self.budget == "params" else None,
+                        "kept_channels": {g.root: int(masks[gi][i].sum()) for gi, g in enumerate(self.groups)}})
+        return out
 
 
 def apply_decisions(model: nn.Module, decisions: dict[str, list[int]], input_size: tuple[int, ...]) -> nn.Module:

@@ -80,7 +80,7 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
     base_flops, base_params = count_flops(base, data.input_size)
     net = CascadeNet(base, cfg.cascade.ratios, example, score_init=cfg.cascade.score_init,
                      hint_layers=cfg.loss.hint_layers if cfg.loss.lambda_h > 0 else 0,
-                     route_scores=cfg.cascade.route_scores)
+                     route_scores=cfg.cascade.route_scores, budget=cfg.cascade.budget)
     net = prepare(net, device)
     n = net.n
     bs, s = cfg.data.batch_size, cfg.schedule
@@ -142,7 +142,7 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
             flipped = sum(int((a[i] != b[i]).sum()) for a, b in zip(masks, prev_masks))
             metrics[f"val_acc/m{i}"] = accs[i]
             metrics[f"churn/m{i}"] = flipped / net.total_filters
-            metrics[f"kept/m{i}"] = net.keep[i] / net.total_filters
+            metrics[f"kept/m{i}"] = sum(float(m[i].sum()) for m in masks) / net.total_filters
         prev_masks = masks
         state["joint_member_acc"] = accs
         if state["epoch"] == s.joint_epochs:

@@ -184,7 +184,8 @@ def _tune(cfg: SearchConfig, ctx: dict, teacher, tune_dir: Path, *, address: str
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_trials,
-                                            max_concurrent_trials=cfg.concurrency),
+                                            max_concurrent_trials=cfg.concurrency,
+                                            trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent), verbose=verbose,
                                           failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
@@ -192,6 +193,10 @@ def _tune(cfg: SearchConfig, ctx: dict, teacher, tune_dir: Path, *, address: str
     finally:
         if started:
             ray.shutdown()
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"  # Ray's default packs the whole sampled config into the name
 
 
 def _collect(grid) -> list[dict]:

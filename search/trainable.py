@@ -81,7 +81,8 @@ def run_trial(config: dict[str, Any], *, ctx: dict[str, Any], teacher: torch.nn.
         example = torch.zeros(1, *data.input_size).numpy()
         model_uri = run.log_model(student, example, code_dir=Path(cascade.__file__).parent)
         final = {k: result[k] for k in FINAL_KEYS}
-        members = {f"member_test_acc/m{i}": mm["test_acc"] for i, mm in enumerate(result["members"])}
+        members = {f"member_{k}/m{i}": mm[k] for i, mm in enumerate(result["members"])
+                   for k in ("test_acc", "flops", "params", "requested_flops", "requested_params") if mm[k] is not None}
         run.log_metrics({**final, **members}, step=step)
         run.finish("FINISHED")
         tune.report({**final, "done_full_budget": 1, "epoch_total": step, "mlflow_run_id": run.run_id,

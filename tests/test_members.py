@@ -11,7 +11,8 @@ MODELS = ["vgg16_cifar", "resnet56_cifar", "torchvision:resnet18"]
 def _trained_net(name, ratios, steps=3, seed=0):
     """A CascadeNet whose scores, weights and BN statistics have moved through real training steps."""
     torch.manual_seed(seed)
-    net = CascadeNet(create_model(name, num_classes=10, width=0.25), ratios, torch.zeros(2, 3, 32, 32))
+    net = CascadeNet(create_model(name, num_classes=10, width=0.25), ratios, torch.zeros(2, 3, 32, 32),
+                     budget="filters")
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     net.train()
     for _ in range(steps):

@@ -13,7 +13,7 @@ from conftest import TINY
 
 
 def test_prune_on_digits_removes_filters_cuts_flops_and_learns(tmp_path):
-    cfg = load_prune_config(None, TINY + ["cascade.ratios=[0.6,0.3,0.0]"])
+    cfg = load_prune_config(None, TINY + ["cascade.ratios=[0.6,0.3,0.0]", "cascade.budget=filters"])
     r = run_prune(cfg, tmp_path, log=lambda s: None)
     student = r["members"][0]
     assert student["kept_fraction"] == pytest.approx(0.4, abs=0.01)
@@ -44,6 +44,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert [(m["phase"], m["epoch"]) for m in r["history"]] == [
         ("joint", 1), ("joint", 2), ("joint", 3), ("finetune", 1), ("finetune", 2)]
     assert r["history"][0]["loss"] == first[0]["loss"]
+    # the default budget is FLOPs: the student removes at most, and about, half of them
+    assert r["members"][0]["budget"] == "flops" and r["members"][0]["requested_flops"] == 0.5 * r["base_flops"]
+    assert 0.45 * r["base_flops"] <= r["flops"] <= 0.5 * r["base_flops"]
 
 
 def test_corrupt_checkpoint_is_reported_not_restarted(tmp_path):

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from cascade import CascadeNet, count_flops, create_model
+from cascade.losses import cascade_loss
+
+RATIOS = [0.85, 0.6, 0.3]  # FLOPs removed by the student and two TAs
+
+
+def _trained(name, budget, steps=2):
+    torch.manual_seed(0)
+    net = CascadeNet(create_model(name, num_classes=10), RATIOS, torch.zeros(1, 3, 32, 32), budget=budget)
+    before = [s.detach().clone() for s in net.scores]
+    opt_w = torch.optim.SGD([p for n, p in net.named_parameters() if not n.startswith("scores")], lr=0.01)
+    opt_s = torch.optim.RMSprop(net.scores, lr=0.05)
+    net.train()
+    for _ in range(steps):
+        x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+        logits = net(x)
+        loss = cascade_loss(logits, y, logits[-1].detach(), tau=4.0, lambda_kd=0.5, lambda_h=0.0)["loss"]
+        opt_w.zero_grad()
+        opt_s.zero_grad()
+        loss.backward()
+        opt_w.step()
+        opt_s.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.scores))  # the scores did move
+    return net
+
+
+@pytest.mark.parametrize("name", ["vgg16_cifar", "resnet56_cifar", "torchvision:resnet18"])
+def test_flops_budget_is_met_within_one_percent_and_counted_exactly(name):
+    net = _trained(name, "flops")
+    base_flops, _ = count_flops(create_model(name, num_classes=10), (3, 32, 32))
+    assert net.base_cost[0] == base_flops
+    masks = net.hard_masks()
+    for i, k in enumerate(RATIOS):
+        exported = net.export(i)
+        flops, params = count_flops(exported, (3, 32, 32))
+        assert (flops, params) == net.member_cost(i, masks)  # the masked member's cost is the exported one's
+        target = (1 - k) * base_flops
+        assert 0.99 * target <= flops <= target, (i, flops / target)
+
+
+def test_params_budget():
+    net = _trained("vgg16_cifar", "params", steps=1)
+    _, base_params = count_flops(create_model("vgg16_cifar"), (3, 32, 32))
+    for i, k in enumerate(RATIOS):
+        _, params = count_flops(net.export(i), (3, 32, 32))
+        assert 0.99 * (1 - k) * base_params <= params <= (1 - k) * base_params
+
+
+def test_filters_budget_is_unchanged():
+    net = _trained("resnet56_cifar", "filters", steps=1)
+    for i, m in enumerate(zip(*net.hard_masks())):
+        assert sum(int(g.sum()) for g in m) == net.total_filters - round(RATIOS[i] * net.total_filters)
+
+
+def test_unknown_budget():
+    with pytest.raises(ValueError, match="budget"):
+        CascadeNet(create_model("vgg16_cifar", width=0.25), [0.5], torch.zeros(1, 3, 32, 32), budget="latency")
