@@ -37,21 +37,24 @@ def numeric(d: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     exp = retry(client.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return retry(client.create_experiment, name)
+        return retry(client.create_experiment, name, artifact_location=artifact_location)
     except Exception:  # created concurrently by another process
         return retry(client.get_experiment_by_name, name).experiment_id
 
 
 def start_parent(uri: str, experiment: str, *, run_name: str, tags: dict[str, str], params: dict[str, Any],
-                 run_id: str | None = None) -> tuple[str, str]:
-    """Create (or, resuming, reopen) the search's parent run. Returns (experiment_id, run_id)."""
+                 artifact_location: str | None = None, run_id: str | None = None) -> tuple[str, str]:
+    """Create (or, resuming, reopen) the search's parent run. Returns (experiment_id, run_id).
+
+    ``artifact_location`` matters for a local store: MLflow's default is ./mlruns relative to the working
+    directory, which Ray Tune changes per trial."""
     client = MlflowClient(uri)
-    exp_id = _experiment_id(client, experiment)
+    exp_id = _experiment_id(client, experiment, artifact_location)
     if run_id is None:
         run = retry(client.create_run, exp_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id

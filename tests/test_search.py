@@ -32,6 +32,8 @@ def test_every_smoke_trial_finishes(smoke):
         assert len(t["overrides"]["cascade.ratios"]) == t["config"]["num_tas"] + 1
     for name in ("frontier.csv", "frontier.png", "trials.json", "search.yaml", "optuna.journal", "mlflow.db"):
         assert (smoke.run_dir / name).exists(), name
+    assert any((smoke.run_dir / "artifacts").rglob("MLmodel"))  # artifacts beside the store, not in ./mlruns
+    assert not (Path.cwd() / "mlruns").exists()
 
 
 def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
