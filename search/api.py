@@ -123,7 +123,7 @@ def run_search(config: str | Path | dict | SearchConfig, overrides: list[str] | 
                 "scheduler": cfg.scheduler.name, "objectives": json.dumps(cfg.objectives), "model": cfg.model.name,
                 "data": cfg.data.name, "joint_epochs": cfg.budget.joint_epochs,
                 "finetune_epochs": cfg.budget.finetune_epochs, "teacher_accuracy": teacher_acc},
-        artifact_location=None if cfg.mlflow.tracking_uri else (run_dir / "artifacts").as_uri(),
+        artifact_location=(run_dir / "artifacts").as_uri() if cfg.tracking_uri.startswith("sqlite") else None,
         run_id=state.get("parent_run_id"))
     state.update(parent_run_id=parent, experiment_id=exp_id, tracking_uri=cfg.tracking_uri)
     (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ class SchedulerConfig:
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str | None = None  # default: sqlite:///<results>/<experiment>/mlflow.db (absolute)
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<results>/<experiment>/mlflow.db
     experiment: str | None = None    # default: the search's experiment name
 
 
@@ -70,7 +71,8 @@ class SearchConfig:
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}"
+        return (self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}")
 
     def parsed_space(self) -> Space:
         return parse_space(self.space)
