@@ -89,15 +89,21 @@ def test_concurrent_trials_log_to_a_tracking_server(mlflow_server, tmp_path):
 
 
 def _ray_processes(marker: str) -> list[int]:
-    pids = []
+    """Processes whose command line names ``marker`` (the cluster's temp dir), and all their descendants."""
+    cmd, parent = {}, {}
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                if marker in (p / "cmdline").read_bytes().decode(errors="ignore"):
-                    pids.append(int(p.name))
-            except OSError:
+                cmd[int(p.name)] = (p / "cmdline").read_bytes().decode(errors="ignore")
+                parent[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 pass
-    return pids
+    found = {pid for pid, c in cmd.items() if marker in c and pid != os.getpid()}
+    while True:
+        more = {pid for pid, pp in parent.items() if pp in found} - found
+        if not more:
+            return sorted(found)
+        found |= more
 
 
 @pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not installed")
@@ -115,10 +121,14 @@ def test_two_node_cluster_runs_a_search_submitted_as_a_job(tmp_path):
                         "--num-cpus=1"], env=env, check=True, capture_output=True, timeout=180)
         overrides = {**TINY, "num_trials": 2, "concurrency": 2, "resources.cpu": 1, "results_dir": str(tmp_path)}
         sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
-        job = subprocess.run(
-            [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--",
-             "cascade", "search", str(SMOKE), "--verbose", "0", *sets],
-            env=env, capture_output=True, text=True, timeout=600)
+        for _ in range(30):  # the job agent comes up a little after `ray start` returns
+            job = subprocess.run(
+                [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--",
+                 "cascade", "search", str(SMOKE), "--verbose", "0", *sets],
+                env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in job.stderr:
+                break
+            time.sleep(3)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in (job.stdout + job.stderr).lower()
         uri = f"sqlite:///{tmp_path / 'smoke' / 'mlflow.db'}"
