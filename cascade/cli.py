@@ -67,7 +67,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
     except user_errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except CheckpointError as e:
+    except (CheckpointError, FloatingPointError) as e:  # a run that cannot go on: one line, exit 1
         print(f"error: {e}", file=sys.stderr)
         return 1
 

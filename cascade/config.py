@@ -6,6 +6,7 @@ one line naming it and exit 2 before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from typing import Any, Union
 
 import yaml
 
-__all__ = ["ConfigError", "PruneConfig", "parse", "load_yaml", "apply_overrides", "to_dict", "validate_prune"]
+__all__ = ["ConfigError", "PruneConfig", "parse", "load_yaml", "apply_overrides", "as_number", "to_dict",
+           "validate_prune"]
 
 
 class ConfigError(ValueError):
@@ -74,6 +76,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if tp is Any:
         return value
     if tp is float:
+        value = as_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, f"expected a number, got {_show(value)}")
         return float(value)
@@ -90,6 +93,14 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(path, f"expected a string, got {_show(value)}")
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def as_number(value: Any) -> Any:
+    """``1e-3`` as a float: YAML 1.1 (PyYAML) reads exponents without a dot as strings."""
+    return float(value) if isinstance(value, str) and _FLOAT.match(value.strip()) else value
 
 
 def _show(value: Any) -> str:

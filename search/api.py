@@ -84,6 +84,19 @@ def _absolute(cfg: SearchConfig) -> SearchConfig:
     return cfg
 
 
+def _check_server(uri: str) -> None:
+    """An http(s) tracking URI must answer now: a typo would otherwise cost minutes of retries per write."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10)
+    except OSError as e:
+        field = "mlflow.tracking_uri" if "MLFLOW_TRACKING_URI" not in os.environ else "MLFLOW_TRACKING_URI"
+        raise ConfigError(field, f"no MLflow server answers at {uri} ({getattr(e, 'reason', e)})") from None
+
+
 def _code_version() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
@@ -101,6 +114,7 @@ def run_search(config: str | Path | dict | SearchConfig, overrides: list[str] | 
     """
     cfg = config if isinstance(config, SearchConfig) else load_config(config, overrides)
     cfg = _absolute(cfg)
+    _check_server(cfg.tracking_uri)
     run_dir = cfg.run_dir
     tune_dir = run_dir / "tune"
     if tune_dir.exists() and not resume:
@@ -159,7 +173,9 @@ def _tune(cfg: SearchConfig, ctx: dict, teacher, tune_dir: Path, *, address: str
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=verbose > 0)
+        # "local" starts a fresh instance: a bare ray.init() would attach to whatever `ray start` left
+        # recorded in /tmp/ray, even a cluster that is gone.
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=verbose > 0)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, teacher=teacher),
                                     {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     try:

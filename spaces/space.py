@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cascade.config import as_number
+
 from .ratios import PLACEMENTS, member_ratios
 
 __all__ = ["Param", "Space", "SpaceError", "parse_space", "sample_space", "ALIASES"]
@@ -87,7 +89,8 @@ def _is_num(v: Any) -> bool:
 
 def _parse_param(name: str, spec: Any, path: str) -> Param:
     if not isinstance(spec, dict):
-        return Param(name, "fixed", spec)
+        return Param(name, "fixed", as_number(spec))
+    spec = {k: as_number(v) for k, v in spec.items()}
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
         raise SpaceError(f"{path}.{sorted(unknown)[0]}", f"unknown key (expected {', '.join(sorted(_SPEC_KEYS))})")
@@ -97,7 +100,7 @@ def _parse_param(name: str, spec: Any, path: str) -> Param:
         ch = spec["choices"]
         if not isinstance(ch, list) or not ch:
             raise SpaceError(f"{path}.choices", f"expected a non-empty list, got {ch!r}")
-        return Param(name, "categorical", choices=tuple(ch))
+        return Param(name, "categorical", choices=tuple(as_number(c) for c in ch))
     for key in ("low", "high"):
         if key not in spec:
             raise SpaceError(path, f"a range needs low and high (or use choices, or a fixed value); {key} is missing")

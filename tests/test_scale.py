@@ -112,6 +112,7 @@ def test_two_node_cluster_runs_a_search_submitted_as_a_job(tmp_path):
     gcs, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "CASCADE_CACHE": os.environ["CASCADE_CACHE"],
            "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the job logs to the default store under results_dir
     ray = shutil.which("ray")
     try:
         subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1",

@@ -116,3 +116,13 @@ def test_shipped_spaces_validate(name, tmp_path):
         (tmp_path / d).mkdir()
     cfg = load_config(SMOKE.parent / f"{name}.yaml", [f"data.root={tmp_path}"] if name == "imagenet_resnet50" else [])
     assert cfg.num_trials >= 1 and cfg.parsed_space().max_tas >= 1
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path, capsys):
+    from test_scale import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["search", str(SMOKE), "--set", f"results_dir={tmp_path / 'r'}", "--set",
+                 f"mlflow.tracking_uri={url}"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: mlflow.tracking_uri: no MLflow server answers at {url}")
+    assert not (tmp_path / "r").exists()
