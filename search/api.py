@@ -147,7 +147,7 @@ def run_search(config: str | Path | dict | SearchConfig, overrides: list[str] | 
            "parent_run_id": parent, "teacher_accuracy": teacher_acc, "cpus": cfg.resources.cpu,
            "gpus": cfg.resources.gpu}
     grid = _tune(cfg, ctx, teacher, tune_dir, address=address, resume=resume, verbose=verbose)
-    trials = _collect(grid)
+    trials = _collect(grid, cfg.tracking_uri, parent)
     (run_dir / TRIALS_FILE).write_text(json.dumps(trials, indent=2, default=str))
     result = write_frontier(run_dir, cfg=cfg, trials=trials, parent_run_id=parent)
     _close_parent(cfg.tracking_uri, parent, run_dir, trials)
@@ -216,13 +216,22 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"  # Ray's default packs the whole sampled config into the name
 
 
-def _collect(grid) -> list[dict]:
+def _collect(grid, tracking_uri: str, parent: str) -> list[dict]:
     """One record per trial: status (finished | failed | stopped), objectives, sampled config, MLflow ids."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp_id = retry(client.get_run, parent).info.experiment_id
     trials = []
     for r in grid:
         m = r.metrics or {}
         status = "failed" if r.error else ("finished" if m.get("done_full_budget") else "stopped")
-        rec = {"trial_id": m.get("trial_id") or Path(r.path).name, "status": status,
+        trial_id = m.get("trial_id") or Path(r.path).name.removeprefix("trial_")
+        if not m.get("mlflow_run_id"):  # a trial that failed before its first report: find its run by tag
+            found = retry(client.search_runs, [exp_id], f"tags.trial = 'trial_{trial_id}' and "
+                                                        f"tags.mlflow.parentRunId = '{parent}'")
+            m = {**m, "mlflow_run_id": found[0].info.run_id if found else None}
+        rec = {"trial_id": trial_id, "status": status,
                "config": (r.config or {}).get("logged", {}), "overrides": (r.config or {}).get("overrides", {}),
                "epochs": m.get("epoch_total", 0), "mlflow_run_id": m.get("mlflow_run_id"),
                "model_uri": m.get("model_uri"), "path": r.path}
