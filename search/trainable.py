@@ -70,7 +70,8 @@ def run_trial(config: dict[str, Any], *, ctx: dict[str, Any], teacher: torch.nn.
             except StopIteration as stop:
                 result = stop.value
                 break
-            step += 1
+            # the epoch's index over both phases: a resumed trial continues the numbering, never repeats it
+            step = m["epoch"] + (cfg.schedule.joint_epochs if m["phase"] == "finetune" else 0)
             run.log_metrics(m, step=step)
             report = {**numeric(m), "accuracy": m["val_acc/m0"], "epoch_total": step, "mlflow_run_id": run.run_id}
             with tempfile.TemporaryDirectory() as tmp:  # the checkpoint: the run's state and its MLflow id
