@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import yaml
 
-__all__ = ["ConfigError", "PruneConfig", "parse", "load_yaml", "apply_overrides", "as_number", "to_dict",
+__all__ = ["ConfigError", "PruneConfig", "parse", "load_yaml", "apply_overrides", "as_number", "check", "to_dict",
            "validate_prune"]
 
 
@@ -236,7 +236,8 @@ class PruneConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
-def _check(cond: bool, field_: str, message: str) -> None:
+def check(cond: bool, field_: str, message: str) -> None:
+    """Raise ConfigError(field_, message) unless ``cond``."""
     if not cond:
         raise ConfigError(field_, message)
 
@@ -251,51 +252,51 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
     except ValueError as e:
         raise ConfigError("cascade." + str(e).split(":", 1)[0], str(e).split(":", 1)[1].strip()) from None
     m = cfg.model.name
-    _check(m in list_models() or (m.startswith("torchvision:") and _torchvision_known(m.split(":", 1)[1])),
+    check(m in list_models() or (m.startswith("torchvision:") and _torchvision_known(m.split(":", 1)[1])),
            "model.name", f"unknown model {m!r} (known: {', '.join(list_models())})")
-    _check(cfg.model.width > 0, "model.width", f"expected > 0, got {cfg.model.width}")
+    check(cfg.model.width > 0, "model.width", f"expected > 0, got {cfg.model.width}")
     d = cfg.data
-    _check(d.name in ("digits", "cifar10", "cifar100", "imagefolder"), "data.name",
+    check(d.name in ("digits", "cifar10", "cifar100", "imagefolder"), "data.name",
            f"unknown data set {d.name!r} (expected digits, cifar10, cifar100 or imagefolder)")
     if d.name == "imagefolder":
-        _check(d.root is not None, "data.root", "imagefolder needs a root folder holding train/ and val/ or test/")
+        check(d.root is not None, "data.root", "imagefolder needs a root folder holding train/ and val/ or test/")
     if d.root is not None and d.name != "digits":
-        _check(Path(d.root).expanduser().exists() or (d.name != "imagefolder" and d.download), "data.root",
+        check(Path(d.root).expanduser().exists() or (d.name != "imagefolder" and d.download), "data.root",
                f"no such directory {d.root!r}")
-    _check(d.image_size >= 8, "data.image_size", f"expected >= 8, got {d.image_size}")
+    check(d.image_size >= 8, "data.image_size", f"expected >= 8, got {d.image_size}")
     for name in ("train_subset", "test_subset"):
         v = getattr(d, name)
-        _check(v is None or v > 0, f"data.{name}", f"expected a positive integer or null, got {v}")
-    _check(0 <= d.val_fraction < 1, "data.val_fraction", f"expected a number in [0, 1), got {d.val_fraction}")
-    _check(d.batch_size > 0, "data.batch_size", f"expected > 0, got {d.batch_size}")
-    _check(d.workers >= 0, "data.workers", f"expected >= 0, got {d.workers}")
+        check(v is None or v > 0, f"data.{name}", f"expected a positive integer or null, got {v}")
+    check(0 <= d.val_fraction < 1, "data.val_fraction", f"expected a number in [0, 1), got {d.val_fraction}")
+    check(d.batch_size > 0, "data.batch_size", f"expected > 0, got {d.batch_size}")
+    check(d.workers >= 0, "data.workers", f"expected >= 0, got {d.workers}")
     t = cfg.teacher
     if t.checkpoint is not None:
-        _check(Path(t.checkpoint).expanduser().is_file(), "teacher.checkpoint", f"no such file {t.checkpoint!r}")
-    _check(t.epochs >= 0, "teacher.epochs", f"expected >= 0, got {t.epochs}")
-    _check(t.lr > 0, "teacher.lr", f"expected > 0, got {t.lr}")
-    _check(cfg.cascade.score_init in ("l1", "random"), "cascade.score_init", "expected 'l1' or 'random'")
-    _check(cfg.cascade.budget in ("filters", "flops", "params"), "cascade.budget",
+        check(Path(t.checkpoint).expanduser().is_file(), "teacher.checkpoint", f"no such file {t.checkpoint!r}")
+    check(t.epochs >= 0, "teacher.epochs", f"expected >= 0, got {t.epochs}")
+    check(t.lr > 0, "teacher.lr", f"expected > 0, got {t.lr}")
+    check(cfg.cascade.score_init in ("l1", "random"), "cascade.score_init", "expected 'l1' or 'random'")
+    check(cfg.cascade.budget in ("filters", "flops", "params"), "cascade.budget",
            f"expected flops, params or filters, got {cfg.cascade.budget!r}")
     lo = cfg.loss
-    _check(lo.tau > 0, "loss.tau", f"expected > 0, got {lo.tau}")
-    _check(lo.lambda_kd >= 0, "loss.lambda_kd", f"expected >= 0, got {lo.lambda_kd}")
-    _check(lo.lambda_h >= 0, "loss.lambda_h", f"expected >= 0, got {lo.lambda_h}")
-    _check(lo.hint_layers >= 0, "loss.hint_layers", f"expected >= 0, got {lo.hint_layers}")
-    _check(lo.member_reduction in ("mean", "sum"), "loss.member_reduction", "expected 'mean' or 'sum'")
+    check(lo.tau > 0, "loss.tau", f"expected > 0, got {lo.tau}")
+    check(lo.lambda_kd >= 0, "loss.lambda_kd", f"expected >= 0, got {lo.lambda_kd}")
+    check(lo.lambda_h >= 0, "loss.lambda_h", f"expected >= 0, got {lo.lambda_h}")
+    check(lo.hint_layers >= 0, "loss.hint_layers", f"expected >= 0, got {lo.hint_layers}")
+    check(lo.member_reduction in ("mean", "sum"), "loss.member_reduction", "expected 'mean' or 'sum'")
     o = cfg.optim
-    _check(o.lr > 0, "optim.lr", f"expected > 0, got {o.lr}")
-    _check(o.score_lr >= 0, "optim.score_lr", f"expected >= 0, got {o.score_lr}")
-    _check(0 <= o.momentum < 1, "optim.momentum", f"expected a number in [0, 1), got {o.momentum}")
-    _check(o.weight_decay >= 0, "optim.weight_decay", f"expected >= 0, got {o.weight_decay}")
-    _check(o.restart_epochs >= 1, "optim.restart_epochs", f"expected >= 1, got {o.restart_epochs}")
-    _check(0 < o.restart_decay <= 1, "optim.restart_decay", f"expected a number in (0, 1], got {o.restart_decay}")
-    _check(o.score_optimizer in ("rmsprop", "sgd", "adam"), "optim.score_optimizer",
+    check(o.lr > 0, "optim.lr", f"expected > 0, got {o.lr}")
+    check(o.score_lr >= 0, "optim.score_lr", f"expected >= 0, got {o.score_lr}")
+    check(0 <= o.momentum < 1, "optim.momentum", f"expected a number in [0, 1), got {o.momentum}")
+    check(o.weight_decay >= 0, "optim.weight_decay", f"expected >= 0, got {o.weight_decay}")
+    check(o.restart_epochs >= 1, "optim.restart_epochs", f"expected >= 1, got {o.restart_epochs}")
+    check(0 < o.restart_decay <= 1, "optim.restart_decay", f"expected a number in (0, 1], got {o.restart_decay}")
+    check(o.score_optimizer in ("rmsprop", "sgd", "adam"), "optim.score_optimizer",
            f"expected rmsprop, sgd or adam, got {o.score_optimizer!r}")
     s = cfg.schedule
-    _check(s.joint_epochs >= 1, "schedule.joint_epochs", f"expected >= 1, got {s.joint_epochs}")
-    _check(s.finetune_epochs >= 0, "schedule.finetune_epochs", f"expected >= 0, got {s.finetune_epochs}")
-    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
+    check(s.joint_epochs >= 1, "schedule.joint_epochs", f"expected >= 1, got {s.joint_epochs}")
+    check(s.finetune_epochs >= 0, "schedule.finetune_epochs", f"expected >= 0, got {s.finetune_epochs}")
+    check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
            f"expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     return cfg
 

@@ -173,7 +173,8 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
     else:  # the smallest member that is more accurate than the student (a weaker one teaches nothing)
         ti = next((j for j, a in enumerate(ladder_acc) if a > student_acc), len(ladder) - 1)
     # Hints between differently pruned modules: scatter each to full width at its kept channel positions.
-    kept = [_kept_bn_channels(net, j, net.hint_names) for j in range(n)] + [None]
+    masks = net.hard_masks()
+    kept = [_kept_bn_channels(net, masks, j, net.hint_names) for j in range(n)] + [None]
     opt_f, _ = _optimizers(student, cfg)
     sched_f = torch.optim.lr_scheduler.LambdaLR(
         opt_f, lambda k: lr_factor(k, steps, cfg.optim.restart_epochs, cfg.optim.restart_decay))
@@ -276,9 +277,9 @@ def _save(path: Path, state: dict, net, opt_w, opt_s, sched, g) -> None:
     save_atomic(state, path)
 
 
-def _kept_bn_channels(net: CascadeNet, member: int, names: list[str]) -> dict[str, torch.Tensor]:
+def _kept_bn_channels(net: CascadeNet, masks: list[torch.Tensor], member: int,
+                      names: list[str]) -> dict[str, torch.Tensor]:
     """For each named BN, the (full-width) channel indices that member keeps, in order."""
-    masks = net.hard_masks()
     out = {}
     for gi, g in enumerate(net.groups):
         for bn, root_idx in g.bns:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade.config import (ConfigError, DataConfig, ModelConfig, PruneConfig, ScheduleConfig, TeacherConfig,
-                            apply_overrides, load_yaml, parse, to_dict, validate_prune)
+                            apply_overrides, check, load_yaml, parse, to_dict, validate_prune)
 from spaces import ALIASES, SAMPLERS, Space, SpaceError, parse_space
 from spaces.space import LADDER_KEYS
 
@@ -101,41 +101,36 @@ def load_config(path: str | Path | dict, overrides: list[str] | dict | None = No
     return cfg
 
 
-def _check(cond: bool, field_: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(field_, message)
-
-
 def _validate(cfg: SearchConfig) -> None:
-    _check(bool(cfg.experiment) and "/" not in cfg.experiment, "experiment", "expected a name without '/'")
-    _check(cfg.num_trials >= 1, "num_trials", f"expected >= 1, got {cfg.num_trials}")
-    _check(cfg.concurrency >= 1, "concurrency", f"expected >= 1, got {cfg.concurrency}")
-    _check(cfg.max_retries >= 0, "max_retries", f"expected >= 0, got {cfg.max_retries}")
-    _check(cfg.resources.cpu > 0, "resources.cpu", f"expected > 0, got {cfg.resources.cpu}")
-    _check(cfg.resources.gpu >= 0, "resources.gpu", f"expected >= 0, got {cfg.resources.gpu}")
-    _check(bool(cfg.objectives), "objectives", "expected at least one of accuracy, flops, params")
+    check(bool(cfg.experiment) and "/" not in cfg.experiment, "experiment", "expected a name without '/'")
+    check(cfg.num_trials >= 1, "num_trials", f"expected >= 1, got {cfg.num_trials}")
+    check(cfg.concurrency >= 1, "concurrency", f"expected >= 1, got {cfg.concurrency}")
+    check(cfg.max_retries >= 0, "max_retries", f"expected >= 0, got {cfg.max_retries}")
+    check(cfg.resources.cpu > 0, "resources.cpu", f"expected > 0, got {cfg.resources.cpu}")
+    check(cfg.resources.gpu >= 0, "resources.gpu", f"expected >= 0, got {cfg.resources.gpu}")
+    check(bool(cfg.objectives), "objectives", "expected at least one of accuracy, flops, params")
     for metric, mode in cfg.objectives.items():
-        _check(metric in OBJECTIVES, f"objectives.{metric}",
+        check(metric in OBJECTIVES, f"objectives.{metric}",
                f"unknown objective (expected one of {', '.join(OBJECTIVES)})")
-        _check(mode in ("max", "min"), f"objectives.{metric}", f"expected max or min, got {mode!r}")
-    _check(cfg.sampler.name in SAMPLERS, "sampler.name",
+        check(mode in ("max", "min"), f"objectives.{metric}", f"expected max or min, got {mode!r}")
+    check(cfg.sampler.name in SAMPLERS, "sampler.name",
            f"unknown sampler {cfg.sampler.name!r} (expected one of {', '.join(SAMPLERS)})")
-    _check(cfg.sampler.n_startup_trials >= 0, "sampler.n_startup_trials", "expected >= 0")
-    _check(cfg.scheduler.name in ("fifo", "asha"), "scheduler.name",
+    check(cfg.sampler.n_startup_trials >= 0, "sampler.n_startup_trials", "expected >= 0")
+    check(cfg.scheduler.name in ("fifo", "asha"), "scheduler.name",
            f"unknown scheduler {cfg.scheduler.name!r} (expected fifo or asha)")
-    _check(cfg.scheduler.name != "asha" or len(cfg.objectives) == 1, "scheduler.name",
+    check(cfg.scheduler.name != "asha" or len(cfg.objectives) == 1, "scheduler.name",
            "asha needs a single objective: with several, a partial-budget result could reach the frontier")
-    _check(cfg.scheduler.grace_period >= 1, "scheduler.grace_period", "expected >= 1")
-    _check(cfg.scheduler.reduction_factor >= 2, "scheduler.reduction_factor", "expected >= 2")
+    check(cfg.scheduler.grace_period >= 1, "scheduler.grace_period", "expected >= 1")
+    check(cfg.scheduler.reduction_factor >= 2, "scheduler.reduction_factor", "expected >= 2")
     uri = cfg.mlflow.tracking_uri
-    _check(uri is None or uri.startswith(("http://", "https://", "sqlite:///", "file:", "databricks")),
+    check(uri is None or uri.startswith(("http://", "https://", "sqlite:///", "file:", "databricks")),
            "mlflow.tracking_uri", f"expected an http(s):// server or a sqlite:/// file, got {uri!r}")
     try:
         space = cfg.parsed_space()
     except SpaceError as e:
         raise ConfigError(e.field, str(e).split(": ", 1)[1]) from None
     for key in cfg.fixed:
-        _check("." in key, f"fixed.{key}", "expected a prune-config path such as loss.hint_layers")
+        check("." in key, f"fixed.{key}", "expected a prune-config path such as loss.hint_layers")
     # Every trial's config must be valid: check the base with each parameter at its extremes.
     try:
         trial_prune_config(cfg, {})

@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.xz"
 
@@ -30,3 +31,22 @@ TINY = [  # a prune run small enough for a unit test: digits, VGG16 at quarter w
     "model.width=0.25", "teacher.epochs=4", "schedule.joint_epochs=2", "schedule.finetune_epochs=2",
     "data.batch_size=64",
 ]
+
+
+def train_steps(net, steps: int, *, batch: int = 16, lr: float = 0.05, score_lr: float | None = None):
+    """Real training steps on random data: weights by SGD; scores by RMSProp at ``score_lr``, else the same SGD."""
+    from cascade.losses import cascade_loss
+
+    weights = [p for n, p in net.named_parameters() if score_lr is None or not n.startswith("scores")]
+    opts = [torch.optim.SGD(weights, lr=lr)] + ([torch.optim.RMSprop(net.scores, lr=score_lr)] if score_lr else [])
+    net.train()
+    for _ in range(steps):
+        x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+        logits = net(x)
+        loss = cascade_loss(logits, y, logits[-1].detach(), tau=4.0, lambda_kd=0.5, lambda_h=0.0)["loss"]
+        for o in opts:
+            o.zero_grad()
+        loss.backward()
+        for o in opts:
+            o.step()
+    return net

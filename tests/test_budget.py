@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cascade import CascadeNet, count_flops, create_model
-from cascade.losses import cascade_loss
+from conftest import train_steps
 
 RATIOS = [0.85, 0.6, 0.3]  # FLOPs removed by the student and two TAs
 
@@ -11,18 +11,7 @@ def _trained(name, budget, steps=2):
     torch.manual_seed(0)
     net = CascadeNet(create_model(name, num_classes=10), RATIOS, torch.zeros(1, 3, 32, 32), budget=budget)
     before = [s.detach().clone() for s in net.scores]
-    opt_w = torch.optim.SGD([p for n, p in net.named_parameters() if not n.startswith("scores")], lr=0.01)
-    opt_s = torch.optim.RMSprop(net.scores, lr=0.05)
-    net.train()
-    for _ in range(steps):
-        x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-        logits = net(x)
-        loss = cascade_loss(logits, y, logits[-1].detach(), tau=4.0, lambda_kd=0.5, lambda_h=0.0)["loss"]
-        opt_w.zero_grad()
-        opt_s.zero_grad()
-        loss.backward()
-        opt_w.step()
-        opt_s.step()
+    train_steps(net, steps, batch=4, lr=0.01, score_lr=0.05)
     assert any(not torch.equal(a, b) for a, b in zip(before, net.scores))  # the scores did move
     return net
 

@@ -4,6 +4,7 @@ import torch
 from cascade import CascadeNet, count_flops, create_model
 from cascade.masks import global_topk_masks, keep_count, route_to_teacher
 from cascade.losses import cascade_loss
+from conftest import train_steps
 
 MODELS = ["vgg16_cifar", "resnet56_cifar", "torchvision:resnet18"]
 
@@ -13,16 +14,7 @@ def _trained_net(name, ratios, steps=3, seed=0):
     torch.manual_seed(seed)
     net = CascadeNet(create_model(name, num_classes=10, width=0.25), ratios, torch.zeros(2, 3, 32, 32),
                      budget="filters")
-    opt = torch.optim.SGD(net.parameters(), lr=0.05)
-    net.train()
-    for _ in range(steps):
-        x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-        logits = net(x)
-        loss = cascade_loss(logits, y, logits[-1].detach(), tau=4.0, lambda_kd=0.5, lambda_h=0.0)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net
+    return train_steps(net, steps)
 
 
 @pytest.mark.parametrize("name", MODELS)

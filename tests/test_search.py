@@ -3,7 +3,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from cascade.engine import evaluate, resolve_device
