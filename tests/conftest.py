@@ -1,10 +1,8 @@
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.xz"
 
 
 @pytest.fixture(scope="session", autouse=True)
