@@ -67,12 +67,12 @@ def _hint_modules(model: nn.Module, names: list[str]) -> tuple[list, dict[str, t
 def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | None = None,
                  teacher: tuple[nn.Module, float] | None = None, log: Callable[[str], None] = print,
                  ) -> Generator[dict, None, dict]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = data or load_prune_data(cfg)
     t_model, t_acc = teacher or get_teacher(cfg, data, device, log)
+    out = Path(out_dir)  # created only once data and teacher are known good: bad input writes nothing
+    out.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, *data.input_size)
     base = copy.deepcopy(t_model).cpu().float()  # the pretrained weights seed every member
     for p in base.parameters():

@@ -120,15 +120,16 @@ def run_search(config: str | Path | dict | SearchConfig, overrides: list[str] | 
     if tune_dir.exists() and not resume:
         raise ConfigError("experiment", f"{str(run_dir)!r} already holds a search: continue it with "
                           f"`cascade resume {run_dir}`, or pick another experiment name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    state = json.loads((run_dir / STATE_FILE).read_text()) if (run_dir / STATE_FILE).exists() else {}
-
-    # The teacher and the decoded data, once, before any trial; trials get the teacher via the object store.
+    # The teacher and the decoded data, once, before any trial (and before anything is written: a bad data
+    # root or teacher is reported like any other config error); trials get the teacher via the object store.
     base = trial_prune_config(cfg, {})
     data = load_prune_data(base)
     teacher, teacher_acc = get_teacher(base, data, resolve_device(cfg.device))
     teacher = teacher.cpu()
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    state = json.loads((run_dir / STATE_FILE).read_text()) if (run_dir / STATE_FILE).exists() else {}
 
     exp_id, parent = start_parent(
         cfg.tracking_uri, cfg.mlflow.experiment or cfg.experiment, run_name=f"search-{cfg.experiment}",
