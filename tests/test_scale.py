@@ -1,6 +1,8 @@
 """Scale-out with real components: concurrent trials on one SQLite store, an MLflow tracking server, and a
 two-node Ray cluster (`ray start` twice on this machine) driven through `ray job submit`."""
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -106,38 +108,25 @@ def _ray_processes(marker: str) -> list[int]:
         found |= more
 
 
-@pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not installed")
-def test_two_node_cluster_runs_a_search_submitted_as_a_job(tmp_path):
+@pytest.fixture
+def two_nodes():
+    """A real two-node Ray cluster on this machine: `ray start --head` plus a second `ray start --address`
+    node (with a `worker_node` resource to tell it apart), token auth on. Every process it started is ended."""
+    if shutil.which("ray") is None:
+        pytest.skip("the ray CLI is not installed")
     temp = Path(f"/tmp/rt{os.getpid()}")  # short: Ray's socket paths must stay under 108 characters
     gcs, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "CASCADE_CACHE": os.environ["CASCADE_CACHE"],
            "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the job logs to the default store under results_dir
+    env.pop("MLFLOW_TRACKING_URI", None)  # jobs log to the default store under their results_dir
     ray = shutil.which("ray")
     try:
         subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1",
                         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                         f"--temp-dir={temp}"], env=env, check=True, capture_output=True, timeout=180)
-        subprocess.run([ray, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
-                        "--num-cpus=1"], env=env, check=True, capture_output=True, timeout=180)
-        overrides = {**TINY, "num_trials": 2, "concurrency": 2, "resources.cpu": 1, "results_dir": str(tmp_path)}
-        sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
-        for _ in range(30):  # the job agent comes up a little after `ray start` returns
-            job = subprocess.run(
-                [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--",
-                 "cascade", "search", str(SMOKE), "--verbose", "0", *sets],
-                env=env, capture_output=True, text=True, timeout=600)
-            if "No available agent" not in job.stderr:
-                break
-            time.sleep(3)
-        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        assert "succeeded" in (job.stdout + job.stderr).lower()
-        uri = f"sqlite:///{tmp_path / 'smoke' / 'mlflow.db'}"
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name("smoke")
-        runs = [r for r in client.search_runs([exp.experiment_id]) if "trial" in r.data.tags]
-        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-        assert len({r.data.params["node_id"] for r in runs}) == 2  # one trial on each node
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                        '--resources={"worker_node": 1}'], env=env, check=True, capture_output=True, timeout=180)
+        yield f"http://127.0.0.1:{dash}", env, str(temp)
     finally:
         for pid in _ray_processes(str(temp)):
             try:
@@ -147,4 +136,68 @@ def test_two_node_cluster_runs_a_search_submitted_as_a_job(tmp_path):
         time.sleep(1)
         left = _ray_processes(str(temp))
         shutil.rmtree(temp, ignore_errors=True)
-    assert not left, f"processes left behind: {left}"
+        assert not left, f"processes left behind: {left}"
+
+
+def submit(dashboard: str, env: dict, overrides: dict, *, wait: bool = True) -> subprocess.CompletedProcess:
+    sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+    cmd = [shutil.which("ray"), "job", "submit", f"--address={dashboard}", *([] if wait else ["--no-wait"]), "--",
+           "cascade", "search", str(SMOKE), "--verbose", "0", *sets]
+    for _ in range(30):  # the job agent comes up a little after `ray start` returns
+        job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in job.stderr:
+            return job
+        time.sleep(3)
+    return job
+
+
+def trial_runs(results: Path):
+    client = MlflowClient(f"sqlite:///{results / 'smoke' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    return [r for r in client.search_runs([exp.experiment_id]) if "trial" in r.data.tags] if exp else []
+
+
+def test_two_node_cluster_runs_a_search_submitted_as_a_job(two_nodes, tmp_path):
+    dashboard, env, _ = two_nodes
+    job = submit(dashboard, env, {**TINY, "num_trials": 2, "concurrency": 2, "resources.cpu": 1,
+                                  "results_dir": str(tmp_path)})
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in (job.stdout + job.stderr).lower()
+    runs = trial_runs(tmp_path)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.params["node_id"] for r in runs}) == 2  # one trial on each node
+
+
+def test_lost_worker_node_trials_are_rescheduled(two_nodes, tmp_path):
+    """Kill the worker node's raylet mid-trial: its trial is retried (from its checkpoint) on the head."""
+    dashboard, env, temp = two_nodes
+    job = submit(dashboard, env, {**TINY, "num_trials": 2, "concurrency": 2, "resources.cpu": 1, "max_retries": 2,
+                                  "budget.joint_epochs": 3, "results_dir": str(tmp_path)}, wait=False)
+    assert job.returncode == 0, job.stderr[-2000:]
+    job_id = re.search(r"raysubmit_\w+", job.stdout + job.stderr).group(0)
+    tune_dir = tmp_path / "smoke" / "tune"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # both trials running, each with a checkpoint
+        trials = list(tune_dir.glob("trial_*")) if tune_dir.exists() else []
+        if len(trials) == 2 and all(any(t.glob("checkpoint_*")) for t in trials):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the trials did not start on both nodes")
+    raylets = [pid for pid in _ray_processes(temp) if "worker_node" in Path(f"/proc/{pid}/cmdline").read_text(
+        errors="ignore") and "raylet" in Path(f"/proc/{pid}/cmdline").read_text(errors="ignore")]
+    assert len(raylets) == 1
+    os.kill(raylets[0], 9)
+    status = ""
+    while time.time() < deadline + 300:
+        p = subprocess.run([shutil.which("ray"), "job", "status", f"--address={dashboard}", job_id],
+                           env=env, capture_output=True, text=True)
+        status = (p.stdout + p.stderr).lower()
+        if any(f"job '{job_id.lower()}' {s}" in status for s in ("succeeded", "failed", "stopped")):
+            break
+        time.sleep(2)
+    assert f"job '{job_id.lower()}' succeeded" in status, status
+    trials = json.loads((tmp_path / "smoke" / "trials.json").read_text())
+    assert [t["status"] for t in trials] == ["finished", "finished"]
+    runs = trial_runs(tmp_path)
+    assert len(runs) == 2  # the retried trial reused its MLflow run

@@ -13,7 +13,7 @@ from search.config import trial_prune_config
 from search.frontier import pareto_front
 
 SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
-FAST = {"num_trials": 3, "teacher.epochs": 3, "budget.joint_epochs": 1, "budget.finetune_epochs": 1}
+FAST = {"num_trials": 3, "teacher.epochs": 2, "budget.joint_epochs": 1, "budget.finetune_epochs": 1}
 
 
 @pytest.fixture(scope="module")
