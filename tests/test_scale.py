@@ -108,10 +108,11 @@ def _ray_processes(marker: str) -> list[int]:
         found |= more
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_nodes():
     """A real two-node Ray cluster on this machine: `ray start --head` plus a second `ray start --address`
-    node (with a `worker_node` resource to tell it apart), token auth on. Every process it started is ended."""
+    node (with a `worker_node` resource to tell it apart), token auth on. Every process it started is ended.
+    Shared by this module's cluster tests; the lost-node test, which kills the worker, comes last."""
     if shutil.which("ray") is None:
         pytest.skip("the ray CLI is not installed")
     temp = Path(f"/tmp/rt{os.getpid()}")  # short: Ray's socket paths must stay under 108 characters
