@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .flops import trace_layers
 from .masks import global_topk_masks
 
 __all__ = ["LayerCost", "CostModel", "budget_masks", "BUDGETS"]
@@ -31,6 +32,11 @@ class LayerCost:
     out_total: int
     in_maps: list[tuple[int, torch.Tensor]] = field(default_factory=list)   # (group, root index per input position)
     out_maps: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (group, root index per output position)
+    in_fixed: int = -1             # positions in no group (always kept); set from the totals below
+    out_fixed: int = -1
+
+    def __post_init__(self):
+        self.in_fixed, self.out_fixed = self.in_total, self.out_total
 
 
 class CostModel:
@@ -41,20 +47,8 @@ class CostModel:
 
     @staticmethod
     def build(model: nn.Module, example_input: torch.Tensor, groups) -> "CostModel":
-        shapes: dict[str, tuple[int, ...]] = {}
-        names = {m: n for n, m in model.named_modules()}
-        hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(names[m], tuple(o.shape)))
-                 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            model(example_input[:1])
-            model.train(was)
-        for h in hooks:
-            h.remove()
         layers: dict[str, LayerCost] = {}
-        for name, shape in shapes.items():
-            m = model.get_submodule(name)
+        for name, m, shape in trace_layers(model, example_input[:1]):
             if isinstance(m, nn.Conv2d):
                 kk = m.kernel_size[0] * m.kernel_size[1]
                 dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
@@ -65,16 +59,19 @@ class CostModel:
         for gi, g in enumerate(groups):
             for name, direction, root_idx in g.layers:
                 if name in layers:
-                    target = layers[name].in_maps if direction == "in" else layers[name].out_maps
-                    target.append((gi, torch.tensor(root_idx, dtype=torch.long)))
+                    L = layers[name]
+                    (L.in_maps if direction == "in" else L.out_maps).append((gi, torch.tensor(root_idx, dtype=torch.long)))
+                    if direction == "in":
+                        L.in_fixed -= len(root_idx)
+                    else:
+                        L.out_fixed -= len(root_idx)
         return CostModel(list(layers.values()))
 
     def cost(self, masks: list[torch.Tensor]) -> tuple[int, int]:
         flops = params = 0
         for L in self.layers:
-            n_in = L.in_total - sum(len(r) for _, r in L.in_maps) + sum(int(masks[g][r].sum()) for g, r in L.in_maps)
-            n_out = (L.out_total - sum(len(r) for _, r in L.out_maps)
-                     + sum(int(masks[g][r].sum()) for g, r in L.out_maps))
+            n_in = L.in_fixed + sum(int(masks[g][r].sum()) for g, r in L.in_maps)
+            n_out = L.out_fixed + sum(int(masks[g][r].sum()) for g, r in L.out_maps)
             pairs = n_out if L.depthwise else n_in * n_out
             flops += L.pair_macs * pairs
             params += L.pair_params * pairs + (n_out if L.bias else 0)
@@ -87,8 +84,9 @@ def budget_masks(scores: list[torch.Tensor], cost: CostModel, target: float, kin
     than the target, that floor is returned (as close as the granularity allows)."""
     idx = 0 if kind == "flops" else 1
     lo, hi = len(scores), sum(s.numel() for s in scores)  # K: one filter per group ... all filters
-    if cost.cost(global_topk_masks(scores, hi))[idx] <= target:
-        return global_topk_masks(scores, hi)
+    full = global_topk_masks(scores, hi)
+    if cost.cost(full)[idx] <= target:
+        return full
     while hi - lo > 1:  # invariant: cost(lo) <= target (or lo is the floor), cost(hi) > target
         mid = (lo + hi) // 2
         if cost.cost(global_topk_masks(scores, mid))[idx] <= target:

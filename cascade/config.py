@@ -244,6 +244,7 @@ def check(cond: bool, field_: str, message: str) -> None:
 
 def validate_prune(cfg: PruneConfig) -> PruneConfig:
     """Range and existence checks that types alone cannot express; raises ConfigError naming the field."""
+    from .budget import BUDGETS
     from .members import validate_ratios
     from .models import list_models
 
@@ -276,8 +277,8 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
     check(t.epochs >= 0, "teacher.epochs", f"expected >= 0, got {t.epochs}")
     check(t.lr > 0, "teacher.lr", f"expected > 0, got {t.lr}")
     check(cfg.cascade.score_init in ("l1", "random"), "cascade.score_init", "expected 'l1' or 'random'")
-    check(cfg.cascade.budget in ("filters", "flops", "params"), "cascade.budget",
-           f"expected flops, params or filters, got {cfg.cascade.budget!r}")
+    check(cfg.cascade.budget in BUDGETS, "cascade.budget",
+          f"expected one of {', '.join(BUDGETS)}, got {cfg.cascade.budget!r}")
     lo = cfg.loss
     check(lo.tau > 0, "loss.tau", f"expected > 0, got {lo.tau}")
     check(lo.lambda_kd >= 0, "loss.lambda_kd", f"expected >= 0, got {lo.lambda_kd}")

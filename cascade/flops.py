@@ -4,41 +4,42 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["count_flops"]
+__all__ = ["count_flops", "trace_layers"]
 
 
 @torch.no_grad()
+def trace_layers(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """(name, module, output shape) of every conv/linear call of one eval-mode forward pass, in call order."""
+    calls: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_hook(lambda m, _i, o: calls.append((names[m], m, tuple(o.shape))))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return calls
+
+
 def count_flops(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> tuple[int, int]:
     """Return ``(flops, params)`` for one input of ``input_size`` (C, H, W).
 
     FLOPs are conv/linear MACs (no bias, BN or activation); params are the conv/linear weights and biases.
     """
+    p = next(model.parameters())
     flops = 0
-
-    def conv_hook(m: nn.Conv2d, _inp, out):
-        nonlocal flops
-        # each output element is a dot product over (C_in / groups) * kh * kw inputs
-        flops += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def linear_hook(m: nn.Linear, _inp, out):
-        nonlocal flops
-        flops += out.numel() // out.shape[0] * m.in_features
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(model.parameters())
-        model(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    for _, m, shape in trace_layers(model, torch.zeros(1, *input_size, device=p.device, dtype=p.dtype)):
+        out_elems = 1
+        for d in shape[1:]:
+            out_elems *= d
+        if isinstance(m, nn.Conv2d):  # each output element: a dot product over (C_in / groups) * kh * kw inputs
+            flops += out_elems * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            flops += out_elems * m.in_features
     params = sum(p.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
                  for p in m.parameters(recurse=False))
     return int(flops), int(params)

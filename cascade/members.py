@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from .budget import BUDGETS, CostModel, budget_masks
+from .flops import trace_layers
 from .masks import global_topk_masks, keep_count, route_to_teacher, straight_through
 
 __all__ = ["CascadeNet", "Memberwise", "MemberBN", "validate_ratios"]
@@ -94,22 +95,6 @@ def validate_ratios(ratios: list[float]) -> None:
             raise ValueError(f"ratios[{i}]: member ratios must decrease strictly from the student's, got {ratios}")
 
 
-def _forward_order(model: nn.Module, example_input: torch.Tensor) -> list[str]:
-    """Names of conv/linear modules in the order the forward pass calls them."""
-    order: list[str] = []
-    names = {m: n for n, m in model.named_modules()}
-    hooks = [m.register_forward_hook(lambda m, i, o: order.append(names[m]))
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(example_input)
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
-    return order
-
-
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
@@ -163,7 +148,7 @@ class CascadeNet(nn.Module):
         self.input_size = tuple(example_input.shape[1:])
         body = copy.deepcopy(model).cpu().eval()
         example_input = example_input[:1].cpu()
-        order = _forward_order(body, example_input)
+        order = [name for name, _, _ in trace_layers(body, example_input)]
         self.stem_name, self.head_name = order[0], order[-1]  # the stem is never masked nor shared
         with torch.enable_grad():
             self.groups = find_groups(body, example_input, ignored=[self.stem_name, self.head_name])

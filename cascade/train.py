@@ -77,10 +77,10 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
     base = copy.deepcopy(t_model).cpu().float()  # the pretrained weights seed every member
     for p in base.parameters():
         p.requires_grad_(True)
-    base_flops, base_params = count_flops(base, data.input_size)
     net = CascadeNet(base, cfg.cascade.ratios, example, score_init=cfg.cascade.score_init,
                      hint_layers=cfg.loss.hint_layers if cfg.loss.lambda_h > 0 else 0,
                      route_scores=cfg.cascade.route_scores, budget=cfg.cascade.budget)
+    base_flops, base_params = net.base_cost  # the unpruned model's, counted as count_flops counts
     net = prepare(net, device)
     n = net.n
     bs, s = cfg.data.batch_size, cfg.schedule
