@@ -22,7 +22,7 @@ from cascade.train import load_prune_data
 from spaces import Space, make_sampler, sample_space
 
 from .config import SearchConfig, base_prune_dict, load_config, trial_prune_config
-from .frontier import best_at_budgets, format_table, frontier_records, plot_frontier, write_csv
+from .frontier import best_at_budgets, best_within, format_table, frontier_records, plot_frontier, write_csv
 from .tracking import retry, start_parent
 
 __all__ = ["run_search", "resume_search", "SearchResult", "load_config", "load_result", "write_frontier"]
@@ -42,9 +42,7 @@ class SearchResult:
 
     def best(self, *, max_flops: float | None = None, max_params: float | None = None) -> dict | None:
         """The most accurate finished trial within the budgets (None where nothing fits)."""
-        fits = [t for t in self.trials if t.get("status") == "finished"
-                and (max_flops is None or t["flops"] <= max_flops) and (max_params is None or t["params"] <= max_params)]
-        return max(fits, key=lambda t: t["accuracy"]) if fits else None
+        return best_within(self.trials, max_flops=max_flops, max_params=max_params)
 
 
 class SpaceSampler:

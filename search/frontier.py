@@ -5,7 +5,7 @@ import csv
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["pareto_front", "frontier_records", "write_csv", "plot_frontier", "format_table", "best_at_budgets",
+__all__ = ["pareto_front", "frontier_records", "write_csv", "plot_frontier", "format_table", "best_at_budgets", "best_within",
            "PAPER_POINTS"]
 
 # VGG16 on CIFAR-10 in the paper (FLOPs, top-1 %): base 93.25% at 313M, then k_0 = 0.3, 0.6, 0.8.
@@ -35,14 +35,16 @@ def frontier_records(trials: list[dict], objectives: dict[str, str]) -> list[dic
     return sorted((done[i] for i in idx), key=lambda t: (t["flops"], -t["accuracy"]))
 
 
-def best_at_budgets(trials: list[dict], budgets: Sequence[float], key: str = "flops") -> list[dict | None]:
-    """For each budget, the most accurate finished trial whose ``key`` is at most the budget."""
-    done = [t for t in trials if t.get("status") == "finished"]
-    out = []
-    for b in budgets:
-        fits = [t for t in done if t[key] <= b]
-        out.append(max(fits, key=lambda t: t["accuracy"]) if fits else None)
-    return out
+def best_within(trials: list[dict], *, max_flops: float | None = None, max_params: float | None = None) -> dict | None:
+    """The most accurate finished trial within the budgets (None where nothing fits)."""
+    fits = [t for t in trials if t.get("status") == "finished"
+            and (max_flops is None or t["flops"] <= max_flops) and (max_params is None or t["params"] <= max_params)]
+    return max(fits, key=lambda t: t["accuracy"]) if fits else None
+
+
+def best_at_budgets(trials: list[dict], budgets: Sequence[float]) -> list[dict | None]:
+    """For each FLOPs budget, the most accurate finished trial within it."""
+    return [best_within(trials, max_flops=b) for b in budgets]
 
 
 COLUMNS = ["accuracy", "flops", "params", "flops_reduction", "params_reduction", "mlflow_run_id"]
