@@ -78,19 +78,21 @@ class CostModel:
         return flops, params
 
 
-def budget_masks(scores: list[torch.Tensor], cost: CostModel, target: float, kind: str) -> list[torch.Tensor]:
-    """Masks keeping the most filters (global top-K by score) whose FLOPs (``kind='flops'``) or params are
-    at most ``target``. Cost is monotone in K, so bisection finds it; if even one filter per group costs more
-    than the target, that floor is returned (as close as the granularity allows)."""
+def budget_masks(scores: list[torch.Tensor], cost: CostModel, target: float, kind: str,
+                 round_to: int = 1) -> list[torch.Tensor]:
+    """Masks keeping the most filters (global top-K by score, each group's count rounded to ``round_to``)
+    whose FLOPs (``kind='flops'``) or params are at most ``target``. Cost is monotone in K, so bisection
+    finds it; if even the smallest K costs more than the target, that floor is returned (as close as the
+    granularity allows)."""
     idx = 0 if kind == "flops" else 1
     lo, hi = len(scores), sum(s.numel() for s in scores)  # K: one filter per group ... all filters
-    full = global_topk_masks(scores, hi)
+    full = global_topk_masks(scores, hi, round_to)
     if cost.cost(full)[idx] <= target:
         return full
     while hi - lo > 1:  # invariant: cost(lo) <= target (or lo is the floor), cost(hi) > target
         mid = (lo + hi) // 2
-        if cost.cost(global_topk_masks(scores, mid))[idx] <= target:
+        if cost.cost(global_topk_masks(scores, mid, round_to))[idx] <= target:
             lo = mid
         else:
             hi = mid
-    return global_topk_masks(scores, lo)
+    return global_topk_masks(scores, lo, round_to)

@@ -190,8 +190,9 @@ class TeacherConfig:
 class CascadeConfig:
     ratios: list[float] = field(default_factory=lambda: [0.6, 0.4, 0.0])  # k_0 (student) > k_1 > ... > k_{N-1}
     budget: str = "flops"          # what a ratio removes: a fraction of the FLOPs, of the params, or of the filters
-    score_init: str = "l1"         # l1: filter L1 norm / per-layer max; random
+    score_init: str = "rank"       # rank: filter L1 rank within its layer; l1: L1 norm / layer max; random
     route_scores: bool = True      # the cascaded score update; false = each member's own gradient (ablation)
+    round_to: int = 1              # keep a multiple of this many channels per group (8: faster on most hardware)
 
 
 @dataclass
@@ -245,7 +246,7 @@ def check(cond: bool, field_: str, message: str) -> None:
 def validate_prune(cfg: PruneConfig) -> PruneConfig:
     """Range and existence checks that types alone cannot express; raises ConfigError naming the field."""
     from .budget import BUDGETS
-    from .members import validate_ratios
+    from .members import SCORE_INITS, validate_ratios
     from .models import list_models
 
     try:
@@ -276,9 +277,11 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
         check(Path(t.checkpoint).expanduser().is_file(), "teacher.checkpoint", f"no such file {t.checkpoint!r}")
     check(t.epochs >= 0, "teacher.epochs", f"expected >= 0, got {t.epochs}")
     check(t.lr > 0, "teacher.lr", f"expected > 0, got {t.lr}")
-    check(cfg.cascade.score_init in ("l1", "random"), "cascade.score_init", "expected 'l1' or 'random'")
+    check(cfg.cascade.score_init in SCORE_INITS, "cascade.score_init",
+          f"expected one of {', '.join(SCORE_INITS)}, got {cfg.cascade.score_init!r}")
     check(cfg.cascade.budget in BUDGETS, "cascade.budget",
           f"expected one of {', '.join(BUDGETS)}, got {cfg.cascade.budget!r}")
+    check(cfg.cascade.round_to >= 1, "cascade.round_to", f"expected >= 1, got {cfg.cascade.round_to}")
     lo = cfg.loss
     check(lo.tau > 0, "loss.tau", f"expected > 0, got {lo.tau}")
     check(lo.lambda_kd >= 0, "loss.lambda_kd", f"expected >= 0, got {lo.lambda_kd}")

@@ -15,17 +15,23 @@ def keep_count(ratio: float, total: int, min_keep: int = 1) -> int:
 
 
 @torch.no_grad()
-def global_topk_masks(scores: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
+def global_topk_masks(scores: list[torch.Tensor], keep: int, round_to: int = 1) -> list[torch.Tensor]:
     """Binary masks that keep exactly ``keep`` filters across all layers by one global threshold.
 
     ``scores`` holds one 1-D tensor per prunable group. Each group keeps its best filter whatever the
     threshold (a layer of width 0 cannot be exported); the remaining ``keep - len(scores)`` slots go to
-    the globally highest scores, so the count is exact even with ties.
+    the globally highest scores, so the count is exact even with ties. ``round_to > 1`` then rounds each
+    group's count to the nearest multiple (at least one multiple, at most the group), keeping its best
+    filters: hardware-friendly widths, and the total is no longer exact.
     """
     sizes = [s.numel() for s in scores]
     flat = torch.cat([s.detach().float().flatten() for s in scores])  # (F,)
     if keep >= flat.numel():
         return [torch.ones_like(s, dtype=torch.float32) for s in scores]
+    if round_to > 1:
+        counts = [int(m.sum()) for m in global_topk_masks(scores, keep)]
+        return [_top(s, min(s.numel(), max(round_to, (c + round_to // 2) // round_to * round_to)))
+                for s, c in zip(scores, counts)]
     forced = torch.zeros_like(flat, dtype=torch.bool)
     offset = 0
     for n, s in zip(sizes, scores):
@@ -37,6 +43,12 @@ def global_topk_masks(scores: list[torch.Tensor], keep: int) -> list[torch.Tenso
     if extra:
         keep_mask[rest.topk(extra).indices] = True
     return [m.float() for m in keep_mask.split(sizes)]
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    mask = torch.zeros(scores.numel(), dtype=torch.float32)
+    mask[scores.detach().float().flatten().topk(k).indices.cpu()] = 1.0
+    return mask.to(scores.device).view_as(scores)
 
 
 def straight_through(hard: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

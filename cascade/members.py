@@ -19,7 +19,9 @@ from .budget import BUDGETS, CostModel, budget_masks
 from .flops import trace_layers
 from .masks import global_topk_masks, keep_count, route_to_teacher, straight_through
 
-__all__ = ["CascadeNet", "Memberwise", "MemberBN", "validate_ratios"]
+__all__ = ["CascadeNet", "Memberwise", "MemberBN", "validate_ratios", "SCORE_INITS"]
+
+SCORE_INITS = ("rank", "l1", "random")
 
 
 class Memberwise(nn.Module):
@@ -137,12 +139,16 @@ class CascadeNet(nn.Module):
     """
 
     def __init__(self, model: nn.Module, ratios: list[float], example_input: torch.Tensor, *,
-                 score_init: str = "l1", hint_layers: int = 3, route_scores: bool = True, budget: str = "flops"):
+                 score_init: str = "rank", hint_layers: int = 3, route_scores: bool = True, budget: str = "flops",
+                 round_to: int = 1):
         super().__init__()
         validate_ratios(list(ratios))
         if budget not in BUDGETS:
             raise ValueError(f"budget: expected one of {', '.join(BUDGETS)}, got {budget!r}")
         self.budget = budget
+        if round_to < 1:
+            raise ValueError(f"round_to: expected >= 1, got {round_to}")
+        self.round_to = int(round_to)  # each group keeps a multiple of this many channels (hardware-friendly)
         self.ratios = [float(k) for k in ratios]
         self.n = len(ratios)
         self.input_size = tuple(example_input.shape[1:])
@@ -162,18 +168,21 @@ class CascadeNet(nn.Module):
         idx = 1 if budget == "params" else 0
         self.targets = [(1 - k) * self.base_cost[idx] for k in self.ratios]
 
-        # Scores: one (N, C_g) tensor per group, initialised from the root conv's filter L1 norm,
-        # normalised per layer so that one global threshold compares layers on an equal footing.
+        # Scores: one (N, C_g) tensor per group. "rank" (default): each filter's L1-norm rank within its
+        # layer, in (0, 1], so one global threshold starts as uniform per-layer L1 pruning (a strong start:
+        # see BENCHMARKS.md) and training moves filters across layers from there. "l1": the L1 norm / the
+        # layer's largest (a global threshold then prunes layers very unevenly). "random": ablation.
         scores = []
         for g in self.groups:
-            w = body.get_submodule(g.root).weight.detach()
-            if score_init == "l1":
-                s = w.abs().flatten(1).sum(1)
-                s = s / s.max().clamp_min(1e-12)
+            l1 = body.get_submodule(g.root).weight.detach().abs().flatten(1).sum(1)  # (C_g,)
+            if score_init == "rank":
+                s = (l1.argsort().argsort().float() + 1) / g.size
+            elif score_init == "l1":
+                s = l1 / l1.max().clamp_min(1e-12)
             elif score_init == "random":
                 s = torch.rand(g.size, generator=torch.Generator().manual_seed(len(scores)))
             else:
-                raise ValueError(f"score_init: expected 'l1' or 'random', got {score_init!r}")
+                raise ValueError(f"score_init: expected one of {', '.join(SCORE_INITS)}, got {score_init!r}")
             scores.append(nn.Parameter(s.float().repeat(self.n, 1)))
         self.scores = nn.ParameterList(scores)
         # The cascaded update (off only for ablations: every member then follows its own gradient).
@@ -201,10 +210,10 @@ class CascadeNet(nn.Module):
         """Binary masks, one (N, C_g) tensor per group. Member i keeps exactly ``self.keep[i]`` filters
         (budget 'filters'), or the most filters whose FLOPs/params are at most ``self.targets[i]``."""
         if self.budget == "filters":
-            per_member = [global_topk_masks([s[i] for s in self.scores], self.keep[i]) for i in range(self.n)]
+            per_member = [global_topk_masks([s[i] for s in self.scores], self.keep[i], self.round_to) for i in range(self.n)]
         else:
             per_member = [budget_masks([s[i].detach().cpu() for s in self.scores], self.cost_model, self.targets[i],
-                                       self.budget) for i in range(self.n)]
+                                       self.budget, self.round_to) for i in range(self.n)]
         return [torch.stack([per_member[i][g] for i in range(self.n)]).to(self.scores[g].device)
                 for g in range(len(self.groups))]
 

@@ -39,6 +39,7 @@ def get_teacher(cfg: PruneConfig, data: DataBundle, device: torch.device,
             model = load_checkpoint(cache / "teacher.pt")
             log(f"teacher: reusing {cache / 'teacher.pt'}")
         else:
+            torch.manual_seed(cfg.seed)  # the initial weights too: torch's own startup seed is random
             model = create_model(cfg.model.name, num_classes=data.num_classes, width=cfg.model.width,
                                  pretrained=cfg.model.pretrained)
             model = train_teacher(model, cfg, data, device, log)

@@ -79,7 +79,8 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
         p.requires_grad_(True)
     net = CascadeNet(base, cfg.cascade.ratios, example, score_init=cfg.cascade.score_init,
                      hint_layers=cfg.loss.hint_layers if cfg.loss.lambda_h > 0 else 0,
-                     route_scores=cfg.cascade.route_scores, budget=cfg.cascade.budget)
+                     route_scores=cfg.cascade.route_scores, budget=cfg.cascade.budget,
+                     round_to=cfg.cascade.round_to)
     base_flops, base_params = net.base_cost  # the unpruned model's, counted as count_flops counts
     net = prepare(net, device)
     n = net.n

@@ -201,7 +201,10 @@ def _tune(cfg: SearchConfig, ctx: dict, teacher, tune_dir: Path, *, address: str
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_trials,
                                             max_concurrent_trials=cfg.concurrency,
-                                            trial_dirname_creator=_trial_dirname),
+                                            trial_dirname_creator=_trial_dirname,
+                                            # the next trial runs in a finished trial's worker process, with
+                                            # torch already imported (bench/search_overhead.py: seconds a trial)
+                                            reuse_actors=True),
                 run_config=tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent), verbose=verbose,
                                           failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))

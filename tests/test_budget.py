@@ -47,3 +47,16 @@ def test_filters_budget_is_unchanged():
 def test_unknown_budget():
     with pytest.raises(ValueError, match="budget"):
         CascadeNet(create_model("vgg16_cifar", width=0.25), [0.5], torch.zeros(1, 3, 32, 32), budget="latency")
+
+
+def test_round_to_keeps_multiples_within_the_flops_budget():
+    torch.manual_seed(0)
+    net = CascadeNet(create_model("vgg16_cifar"), RATIOS, torch.zeros(1, 3, 32, 32), round_to=8)
+    train_steps(net, 1, batch=4, lr=0.01, score_lr=0.05)
+    base_flops = net.base_cost[0]
+    for i, k in enumerate(RATIOS):
+        exported = net.export(i)
+        widths = [m.out_channels for m in exported.modules() if isinstance(m, torch.nn.Conv2d)][1:]  # not the stem
+        assert all(w % 8 == 0 for w in widths), widths
+        flops, _ = count_flops(exported, (3, 32, 32))
+        assert 0.9 * (1 - k) * base_flops <= flops <= (1 - k) * base_flops, (i, flops / ((1 - k) * base_flops))

@@ -53,6 +53,21 @@ def test_global_threshold_is_global_not_per_layer():
     assert keep_count(0.5, 10) == 5 and keep_count(0.99, 10, min_keep=2) == 2
 
 
+def test_rank_init_starts_as_uniform_l1_pruning():
+    """The default score_init: each layer keeps about the same fraction, its largest-L1 filters."""
+    torch.manual_seed(0)
+    model = create_model("vgg16_cifar", width=0.5)
+    net = CascadeNet(model, [0.5], torch.zeros(1, 3, 32, 32), budget="filters")
+    for g, m in zip(net.groups, net.hard_masks()):
+        assert abs(int(m[0].sum()) - g.size / 2) <= 1, (g.root, int(m[0].sum()), g.size)
+        l1 = model.get_submodule(g.root).weight.abs().flatten(1).sum(1)
+        assert set(torch.nonzero(m[0]).flatten().tolist()) == set(l1.topk(int(m[0].sum())).indices.tolist())
+    # the l1 init, by contrast, prunes layers very unevenly
+    l1_net = CascadeNet(model, [0.5], torch.zeros(1, 3, 32, 32), budget="filters", score_init="l1")
+    fractions = [float(m[0].float().mean()) for m in l1_net.hard_masks()]
+    assert max(fractions) - min(fractions) > 0.5, fractions
+
+
 def test_score_gradient_comes_from_the_teacher_member():
     net = _trained_net("vgg16_cifar", [0.7, 0.4, 0.0], steps=1)
     x, y, t = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), torch.randn(8, 10)

@@ -99,3 +99,16 @@ def test_lr_schedule_restarts_with_decay():
     assert lr_factor(25, 10, 5, 0.5) == pytest.approx(0.5)     # middle of the first cycle
     assert lr_factor(50, 10, 5, 0.5) == pytest.approx(0.5)     # restart, peak halved
     assert lr_factor(49, 10, 5, 0.5) < 0.01
+
+
+def test_teacher_training_is_reproducible(tmp_path):
+    """The same config trains the same teacher whatever the process did before (torch's startup seed is random)."""
+    from cascade.teacher import get_teacher
+
+    weights = []
+    for i in range(2):
+        cfg = load_prune_config(None, TINY + ["teacher.epochs=1", f"cache_dir={tmp_path / str(i)}"])
+        torch.manual_seed(1000 + i)  # whatever state the caller left behind
+        model, _ = get_teacher(cfg, load_prune_data(cfg), torch.device("cpu"), log=lambda s: None)
+        weights.append(torch.cat([p.flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
