@@ -1,7 +1,7 @@
 """Quality vs peers: test accuracy at matched FLOPs of the cascade (0, 1, 3 TAs) against one-shot L1 channel
 pruning + KD fine-tuning (Torch-Pruning) and a uniformly thinner network trained from scratch with KD.
 
-    python bench/quality.py --data DIR [--mode cpu|gpu] [--targets 0.57 0.73 0.83] [--epochs J F]
+    python bench/quality.py --data DIR [--mode cpu|gpu] [--targets 0.57 0.73 0.83] [--epochs J F] [--set K=V]
 
 DIR is an ImageFolder-layout CIFAR-10 (train/ and test/ of class folders, e.g. the shared JPEG archive
 extracted). Every method gets the same data split, the same frozen teacher, the same seed and the same
@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from cascade import PruneConfig, count_flops, create_model
+from cascade.config import apply_overrides, parse, to_dict, validate_prune
 from cascade.engine import autocast, evaluate, lr_factor, prepare, resolve_device
 from cascade.losses import member_loss
 from cascade.teacher import get_teacher
@@ -62,6 +63,8 @@ def main() -> None:
     ap.add_argument("--train-subset", type=int, help="override the mode's training subset")
     ap.add_argument("--teacher-epochs", type=int, help="override the mode's teacher epochs")
     ap.add_argument("--teacher", help="a teacher checkpoint instead of training one")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="prune-config override for every method, e.g. optim.score_lr=1e-3 (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workdir", default="results/bench_quality", help="run directories (checkpoints)")
@@ -79,10 +82,11 @@ def main() -> None:
     cfg.data.train_subset, cfg.data.batch_size = mode["train_subset"], mode["batch_size"]
     cfg.teacher.epochs, cfg.teacher.checkpoint = mode["teacher_epochs"], args.teacher
     cfg.schedule.joint_epochs, cfg.schedule.finetune_epochs = joint, finetune
+    cfg = validate_prune(parse(PruneConfig, apply_overrides(to_dict(cfg), args.set)))
     settings = {"mode": args.mode, "model": cfg.model.name, **{k: list(v) if isinstance(v, tuple) else v
                                                                 for k, v in mode.items()},
                 "seed": args.seed, "teacher": args.teacher, "data": str(Path(args.data).resolve()),
-                "score_init": cfg.cascade.score_init}
+                "score_init": cfg.cascade.score_init, **({"set": args.set} if args.set else {})}
     # run directories keyed by the settings: a rerun resumes its own cascades, never another table's
     workdir = Path(args.workdir) / hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -230,7 +234,8 @@ def plot(report: dict, path: Path) -> None:
     ax.scatter([t["flops"] / 1e6], [t["accuracy"]], marker="*", s=160, color="k", label="teacher", zorder=3)
     s = report["settings"]
     ax.set(xlabel="FLOPs (M multiply-adds)", ylabel="test accuracy (%)",
-           title=f"{s['model']} x{s['width']}, {s['epochs'][0]}+{s['epochs'][1]} epochs ({s['mode']} mode)")
+           title=f"{s['model']} x{s['width']}, {s['epochs'][0]}+{s['epochs'][1]} epochs ({s['mode']} mode)"
+                 + (f"\n{', '.join(s['set'])}" if s.get("set") else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
