@@ -51,22 +51,22 @@ def main() -> None:
     torch.manual_seed(0)
     base = create_model(args.model, num_classes=10, width=args.width)
     targets = sorted(args.targets, reverse=True)
-    models = {"original": base}
+    models = {"original": (1, base)}  # name -> (round_to, module)
     for round_to in sorted({1, args.round_to}):
         net = CascadeNet(base, targets, torch.zeros(1, 3, 32, 32), budget="flops", round_to=round_to)
         suffix = f", x{round_to} ch" if round_to > 1 else ""
-        models.update({f"-{k:.0%} FLOPs{suffix}": net.export(i) for i, k in enumerate(targets)})
+        models.update({f"-{k:.0%} FLOPs{suffix}": (round_to, net.export(i)) for i, k in enumerate(targets)})
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     base_flops, _ = count_flops(base, (3, 32, 32))
     rows = []
     for device in devices:
         for batch in (1, 64):
             ref = latency_ms(base, batch, device, args.iters)
-            for name, m in models.items():
+            for name, (round_to, m) in models.items():
                 flops, params = count_flops(m.cpu(), (3, 32, 32))
                 ms = latency_ms(m, batch, device, args.iters)
                 rows.append({"device": str(device), "batch": batch, "model": name, "flops": flops, "params": params,
-                             "round_to": args.round_to if name.endswith(" ch") else 1,
+                             "round_to": round_to,
                              "latency_ms": ms, "flops_speedup": base_flops / flops, "real_speedup": ref / ms})
                 print(f"{device.type:4} b={batch:<3} {name:>22}: {ms:8.2f} ms  FLOPs x{base_flops / flops:5.2f}  "
                       f"real x{ref / ms:5.2f}")

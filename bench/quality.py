@@ -35,7 +35,7 @@ import torch_pruning as tp
 
 from cascade import PruneConfig, count_flops, create_model
 from cascade.config import apply_overrides, parse, to_dict, validate_prune
-from cascade.engine import autocast, evaluate, lr_factor, prepare, resolve_device
+from cascade.engine import evaluate, fit, prepare, resolve_device
 from cascade.losses import member_loss
 from cascade.teacher import get_teacher
 from cascade.train import load_prune_data, run_prune
@@ -177,30 +177,14 @@ def thinner(cfg: PruneConfig, max_flops: float, data) -> nn.Module:
 def distill(student: nn.Module, teacher: nn.Module, data, cfg: PruneConfig, device: torch.device, *,
             epochs: int, lr: float, weight_decay: float, restart_epochs: int, restart_decay: float) -> nn.Module:
     """KD training of ``student`` from the frozen ``teacher`` with the cascade's loss (no hints), SGD + Nesterov."""
-    torch.manual_seed(cfg.seed)
-    student = prepare(student, device).train()
-    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=cfg.optim.momentum, nesterov=True,
-                          weight_decay=weight_decay)
-    bs = cfg.data.batch_size
-    steps = max(1, len(data.train) // bs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, steps, restart_epochs, restart_decay))
-    g = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(epochs):
-        t0, total = time.time(), torch.zeros((), device=device)
-        for x, y in data.train.batches(bs, device, train=True, generator=g):
-            with autocast(device):
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = member_loss(student(x), y, t_logits, tau=cfg.loss.tau, lambda_kd=cfg.loss.lambda_kd,
-                                   lambda_h=0.0)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach()
-        print(f"  epoch {epoch + 1}/{epochs}  loss {total.item() / steps:.4f}  "
-              f"val acc {evaluate(student, data.val, device):.2f}%  ({time.time() - t0:.1f}s)")
-    return student.eval()
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        return member_loss(model(x), y, t_logits, tau=cfg.loss.tau, lambda_kd=cfg.loss.lambda_kd, lambda_h=0.0)["loss"]
+
+    return fit(student, data, device, loss_fn=loss_fn, epochs=epochs, lr=lr, momentum=cfg.optim.momentum,
+               weight_decay=weight_decay, restart_epochs=restart_epochs, restart_decay=restart_decay,
+               batch_size=cfg.data.batch_size, seed=cfg.seed, name="  distill")
 
 
 def table(report: dict) -> str:

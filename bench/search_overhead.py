@@ -54,10 +54,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     print(f"cascade search: {args.trials} trials, one at a time ...", flush=True)
-    trials = run_search(serial, verbose=0).trials
+    trials = sorted(run_search(serial, verbose=0).trials, key=lambda t: t["trial_id"])
     search_s = time.perf_counter() - t0
     assert all(t["status"] == "finished" for t in trials), trials
-    overrides = [t["overrides"] for t in sorted(trials, key=lambda t: t["trial_id"])]
+    overrides = [t["overrides"] for t in trials]
 
     print("plain loop over the same configurations ...", flush=True)
     torch.set_num_threads(cpus)
@@ -87,11 +87,10 @@ def main() -> None:
         r["overhead_per_trial_s"] = (r["wall_s"] - loop_s) / k
         print(f"{r['runner']:>24} x{r['concurrency']}: {r['wall_s']:7.1f} s  ({r['vs_loop']:.2f} x the loop, "
               f"{r['overhead_per_trial_s']:+.1f} s per trial)")
-    search_acc = [t["accuracy"] for t in sorted(trials, key=lambda t: t["trial_id"])]
     Path(args.out).write_text(json.dumps({
         "config": args.config, "trials": k, "cpus": cpus, "torch": torch.__version__, "machine": platform.machine(),
         "date": time.strftime("%Y-%m-%d"), "parallel_ran_same_configs": same, "rows": rows,
-        "accuracy": {"search": search_acc, "loop": loop_acc}}, indent=2))
+        "accuracy": {"search": [t["accuracy"] for t in trials], "loop": loop_acc}}, indent=2))
 
 
 if __name__ == "__main__":

@@ -245,12 +245,12 @@ def check(cond: bool, field_: str, message: str) -> None:
 
 def validate_prune(cfg: PruneConfig) -> PruneConfig:
     """Range and existence checks that types alone cannot express; raises ConfigError naming the field."""
-    from .budget import BUDGETS
-    from .members import SCORE_INITS, validate_ratios
+    from .members import validate_cascade
     from .models import list_models
 
+    c = cfg.cascade
     try:
-        validate_ratios(cfg.cascade.ratios)
+        validate_cascade(c.ratios, budget=c.budget, score_init=c.score_init, round_to=c.round_to)
     except ValueError as e:
         raise ConfigError("cascade." + str(e).split(":", 1)[0], str(e).split(":", 1)[1].strip()) from None
     m = cfg.model.name
@@ -277,11 +277,6 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
         check(Path(t.checkpoint).expanduser().is_file(), "teacher.checkpoint", f"no such file {t.checkpoint!r}")
     check(t.epochs >= 0, "teacher.epochs", f"expected >= 0, got {t.epochs}")
     check(t.lr > 0, "teacher.lr", f"expected > 0, got {t.lr}")
-    check(cfg.cascade.score_init in SCORE_INITS, "cascade.score_init",
-          f"expected one of {', '.join(SCORE_INITS)}, got {cfg.cascade.score_init!r}")
-    check(cfg.cascade.budget in BUDGETS, "cascade.budget",
-          f"expected one of {', '.join(BUDGETS)}, got {cfg.cascade.budget!r}")
-    check(cfg.cascade.round_to >= 1, "cascade.round_to", f"expected >= 1, got {cfg.cascade.round_to}")
     lo = cfg.loss
     check(lo.tau > 0, "loss.tau", f"expected > 0, got {lo.tau}")
     check(lo.lambda_kd >= 0, "loss.lambda_kd", f"expected >= 0, got {lo.lambda_kd}")

@@ -5,12 +5,13 @@ import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-__all__ = ["resolve_device", "autocast", "evaluate", "lr_factor", "save_atomic", "load_checkpoint", "CheckpointError"]
+__all__ = ["resolve_device", "autocast", "evaluate", "lr_factor", "fit", "save_atomic", "load_checkpoint",
+           "CheckpointError"]
 
 
 class CheckpointError(RuntimeError):
@@ -61,6 +62,33 @@ def lr_factor(step: int, steps_per_epoch: int, restart_epochs: int, restart_deca
     cycle = int(t // restart_epochs)
     pos = (t - cycle * restart_epochs) / restart_epochs
     return restart_decay ** cycle * 0.5 * (1.0 + math.cos(math.pi * pos))
+
+
+def fit(model: nn.Module, data, device: torch.device, *, loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor],
+        torch.Tensor], epochs: int, lr: float, momentum: float, weight_decay: float, restart_epochs: int,
+        restart_decay: float, batch_size: int, seed: int, log: Callable[[str], None] = print,
+        name: str = "train") -> nn.Module:
+    """Train ``model`` on ``data.train`` with ``loss_fn(model, x, y)``: SGD + Nesterov, the ``lr_factor``
+    schedule, augmented batches in a seeded order; one log line per epoch. Returns the model in eval mode."""
+    torch.manual_seed(seed)
+    model = prepare(model, device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    steps = max(1, len(data.train) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, restart_epochs, restart_decay))
+    g = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        total = torch.zeros((), device=device)  # summed on the device: no host synchronisation per step
+        for x, y in data.train.batches(batch_size, device, train=True, generator=g):
+            with autocast(device):
+                loss = loss_fn(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach()
+        acc = evaluate(model, data.val, device) if len(data.val) else float("nan")
+        log(f"{name} epoch {epoch + 1}/{epochs}  loss {total.item() / steps:.4f}  val acc {acc:.2f}%")
+    return model.eval()
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:

@@ -28,10 +28,6 @@ def global_topk_masks(scores: list[torch.Tensor], keep: int, round_to: int = 1) 
     flat = torch.cat([s.detach().float().flatten() for s in scores])  # (F,)
     if keep >= flat.numel():
         return [torch.ones_like(s, dtype=torch.float32) for s in scores]
-    if round_to > 1:
-        counts = [int(m.sum()) for m in global_topk_masks(scores, keep)]
-        return [_top(s, min(s.numel(), max(round_to, (c + round_to // 2) // round_to * round_to)))
-                for s, c in zip(scores, counts)]
     forced = torch.zeros_like(flat, dtype=torch.bool)
     offset = 0
     for n, s in zip(sizes, scores):
@@ -42,7 +38,12 @@ def global_topk_masks(scores: list[torch.Tensor], keep: int, round_to: int = 1) 
     keep_mask = forced.clone()
     if extra:
         keep_mask[rest.topk(extra).indices] = True
-    return [m.float() for m in keep_mask.split(sizes)]
+    masks = keep_mask.split(sizes)
+    if round_to > 1:  # each group's count to the nearest multiple, at least one, at most the group
+        counts = [min(s.numel(), max(round_to, (int(m.sum()) + round_to // 2) // round_to * round_to))
+                  for s, m in zip(scores, masks)]
+        return [_top(s, c) for s, c in zip(scores, counts)]
+    return [m.float() for m in masks]
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from .budget import BUDGETS, CostModel, budget_masks
 from .flops import trace_layers
 from .masks import global_topk_masks, keep_count, route_to_teacher, straight_through
 
-__all__ = ["CascadeNet", "Memberwise", "MemberBN", "validate_ratios", "SCORE_INITS"]
+__all__ = ["CascadeNet", "Memberwise", "MemberBN", "validate_cascade", "SCORE_INITS"]
 
 SCORE_INITS = ("rank", "l1", "random")
 
@@ -85,8 +85,17 @@ class PruneGroup:
     layers: list[tuple[str, str, list[int]]] = field(default_factory=list)  # (conv/linear, "in"|"out", root idx per position)
 
 
-def validate_ratios(ratios: list[float]) -> None:
-    """Member ratios (fraction of filters removed), student first: each in [0, 1), strictly decreasing."""
+def validate_cascade(ratios: list[float], *, budget: str, score_init: str, round_to: int) -> None:
+    """CascadeNet's options; raises ValueError("<option>: why"), from which the config names its field.
+
+    Ratios (the fraction each member removes), student first: each in [0, 1), strictly decreasing.
+    """
+    if budget not in BUDGETS:
+        raise ValueError(f"budget: expected one of {', '.join(BUDGETS)}, got {budget!r}")
+    if score_init not in SCORE_INITS:
+        raise ValueError(f"score_init: expected one of {', '.join(SCORE_INITS)}, got {score_init!r}")
+    if round_to < 1:
+        raise ValueError(f"round_to: expected >= 1, got {round_to}")
     if not ratios:
         raise ValueError("ratios: at least one member (the student) is needed")
     for i, k in enumerate(ratios):
@@ -142,12 +151,8 @@ class CascadeNet(nn.Module):
                  score_init: str = "rank", hint_layers: int = 3, route_scores: bool = True, budget: str = "flops",
                  round_to: int = 1):
         super().__init__()
-        validate_ratios(list(ratios))
-        if budget not in BUDGETS:
-            raise ValueError(f"budget: expected one of {', '.join(BUDGETS)}, got {budget!r}")
+        validate_cascade(list(ratios), budget=budget, score_init=score_init, round_to=round_to)
         self.budget = budget
-        if round_to < 1:
-            raise ValueError(f"round_to: expected >= 1, got {round_to}")
         self.round_to = int(round_to)  # each group keeps a multiple of this many channels (hardware-friendly)
         self.ratios = [float(k) for k in ratios]
         self.n = len(ratios)
@@ -179,10 +184,8 @@ class CascadeNet(nn.Module):
                 s = (l1.argsort().argsort().float() + 1) / g.size
             elif score_init == "l1":
                 s = l1 / l1.max().clamp_min(1e-12)
-            elif score_init == "random":
+            else:  # "random"
                 s = torch.rand(g.size, generator=torch.Generator().manual_seed(len(scores)))
-            else:
-                raise ValueError(f"score_init: expected one of {', '.join(SCORE_INITS)}, got {score_init!r}")
             scores.append(nn.Parameter(s.float().repeat(self.n, 1)))
         self.scores = nn.ParameterList(scores)
         # The cascaded update (off only for ablations: every member then follows its own gradient).
@@ -210,7 +213,8 @@ class CascadeNet(nn.Module):
         """Binary masks, one (N, C_g) tensor per group. Member i keeps exactly ``self.keep[i]`` filters
         (budget 'filters'), or the most filters whose FLOPs/params are at most ``self.targets[i]``."""
         if self.budget == "filters":
-            per_member = [global_topk_masks([s[i] for s in self.scores], self.keep[i], self.round_to) for i in range(self.n)]
+            per_member = [global_topk_masks([s[i] for s in self.scores], self.keep[i], self.round_to)
+                          for i in range(self.n)]
         else:
             per_member = [budget_masks([s[i].detach().cpu() for s in self.scores], self.cost_model, self.targets[i],
                                        self.budget, self.round_to) for i in range(self.n)]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .config import ConfigError, PruneConfig
 from .data import DataBundle, default_cache_dir
-from .engine import autocast, evaluate, load_checkpoint, lr_factor, prepare, save_atomic
+from .engine import evaluate, fit, load_checkpoint, prepare, save_atomic
 from .models import create_model
 
 __all__ = ["get_teacher", "teacher_key"]
@@ -81,23 +81,7 @@ def _load(cfg: PruneConfig, data: DataBundle) -> nn.Module:
 def train_teacher(model: nn.Module, cfg: PruneConfig, data: DataBundle, device: torch.device,
                   log: Callable[[str], None] = print) -> nn.Module:
     """Plain supervised training (SGD + Nesterov, one cosine cycle) for ``cfg.teacher.epochs``."""
-    torch.manual_seed(cfg.seed)
-    model = prepare(model, device).train()
     t = cfg.teacher
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay)
-    steps = max(1, len(data.train) // cfg.data.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, max(1, t.epochs), 1.0))
-    g = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(t.epochs):
-        total = torch.zeros((), device=device)
-        for x, y in data.train.batches(cfg.data.batch_size, device, train=True, generator=g):
-            with autocast(device):
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach()
-        acc = evaluate(model, data.val, device) if len(data.val) else float("nan")
-        log(f"teacher epoch {epoch + 1}/{t.epochs}  loss {total.item() / steps:.4f}  val acc {acc:.2f}%")
-    return model.eval()
+    return fit(model, data, device, loss_fn=lambda m, x, y: F.cross_entropy(m(x).float(), y), epochs=t.epochs,
+               lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, restart_epochs=max(1, t.epochs), restart_decay=1.0,
+               batch_size=cfg.data.batch_size, seed=cfg.seed, log=log, name="teacher")
