@@ -229,14 +229,15 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
     # ---------------------------------------------------------------- export and result
     student = student.eval()
     flops, params = count_flops(student, data.input_size)
-    acc = float(evaluate(student, data.test, device))
+    acc = float(evaluate(student, data.test, device))         # reported, never used to select
+    val_acc = float(evaluate(student, data.val, device))      # what searches and benchmarks select on
     student_cpu = student.cpu().float().to(memory_format=torch.contiguous_format)
     torch.save(student_cpu, out / "student.pt")
     if cfg.onnx:
         torch.onnx.export(student_cpu, torch.zeros(1, *data.input_size), out / "student.onnx",
                           input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
     result = {
-        "accuracy": acc, "flops": flops, "params": params, "base_flops": base_flops, "base_params": base_params,
+        "accuracy": acc, "val_accuracy": val_acc, "flops": flops, "params": params, "base_flops": base_flops, "base_params": base_params,
         "flops_reduction": 1 - flops / base_flops, "params_reduction": 1 - params / base_params,
         "teacher_accuracy": t_acc, "accuracy_change": acc - t_acc,
         "members": [{**st, "test_acc": member_test[i], "val_acc": state["joint_member_acc"][i]}
