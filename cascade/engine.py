@@ -10,8 +10,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["resolve_device", "autocast", "evaluate", "lr_factor", "fit", "save_atomic", "load_checkpoint",
-           "CheckpointError"]
+__all__ = ["resolve_device", "autocast", "prepare", "evaluate", "lr_factor", "Step", "train_epoch", "sgd", "restarts",
+           "fit", "save_atomic", "load_checkpoint", "CheckpointError"]
 
 
 class CheckpointError(RuntimeError):
@@ -31,10 +31,11 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def prepare(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move to the device; channels_last on CUDA, where convolutions run faster in it."""
+def prepare(model: nn.Module, device: torch.device, *, channels_last: bool = True) -> nn.Module:
+    """Move to the device; channels_last on CUDA, where convolutions run faster in it (not for a CascadeNet,
+    whose member BatchNorms view the batch in NCHW for free)."""
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" and channels_last else model
 
 
 @torch.no_grad()
@@ -47,13 +48,13 @@ def evaluate(model: nn.Module, split, device: torch.device, batch_size: int = 51
     for x, y in split.batches(batch_size, device, train=False):
         with autocast(device):
             out = model(x)
-        outs = out if isinstance(out, (list, tuple)) else [out]
+        outs = out if isinstance(out, list) else [out]
         c = torch.stack([(o.argmax(1) == y).sum() for o in outs])  # stays on the device: no sync per batch
         correct = c if correct is None else correct + c
         total += len(y)
     model.train(was_training)
     accs = (correct.float() * 100 / max(total, 1)).tolist() if correct is not None else [0.0]
-    return accs if isinstance(out, (list, tuple)) else accs[0]
+    return accs if isinstance(out, list) else accs[0]
 
 
 def lr_factor(step: int, steps_per_epoch: int, restart_epochs: int, restart_decay: float) -> float:
@@ -64,30 +65,76 @@ def lr_factor(step: int, steps_per_epoch: int, restart_epochs: int, restart_deca
     return restart_decay ** cycle * 0.5 * (1.0 + math.cos(math.pi * pos))
 
 
+Terms = dict[str, torch.Tensor]
+
+
+class Step:
+    """One training step, whatever is trained: ``loss_fn(x, y)`` -> named terms holding ``loss``; backward;
+    every optimizer and scheduler steps. With ``compile``, ``loss_fn`` (forward and loss; AOTAutograd compiles
+    its backward) runs through ``torch.compile``; nothing in a step synchronises with the host."""
+
+    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], Terms], optimizers: list, schedulers: list = (),
+                 *, compile: bool = False):
+        self.loss_fn = torch.compile(loss_fn) if compile else loss_fn
+        self.optimizers, self.schedulers = [o for o in optimizers if o is not None], list(schedulers)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Terms:
+        terms = self.loss_fn(x, y)
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        for o in self.optimizers:
+            o.step()
+        for s in self.schedulers:
+            s.step()
+        return {k: v.detach() for k, v in terms.items()}
+
+
+def train_epoch(step: Step, split, device: torch.device, *, batch_size: int, generator: torch.Generator,
+                name: str = "train", epoch: int = 0) -> dict[str, float]:
+    """One pass over ``split`` in a seeded order: the mean of every term, with one host sync at the end.
+    A loss that is not finite stops the run loudly rather than training on NaNs."""
+    sums: Terms = {}
+    steps = 0
+    for x, y in split.batches(batch_size, device, train=True, generator=generator):
+        for k, v in step(x, y).items():  # summed on the device
+            sums[k] = sums[k] + v if k in sums else v.float()
+        steps += 1
+    keys = list(sums)
+    means = dict(zip(keys, (torch.stack([sums[k] for k in keys]) / max(1, steps)).tolist())) if keys else {}
+    if not math.isfinite(means.get("loss", 0.0)):
+        raise FloatingPointError(f"loss is not finite in {name} epoch {epoch}: lower the learning rate")
+    return means
+
+
+def sgd(params, *, lr: float, momentum: float, weight_decay: float, nesterov: bool = True) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                           weight_decay=weight_decay)
+
+
+def restarts(opt: torch.optim.Optimizer, steps_per_epoch: int, restart_epochs: int, restart_decay: float):
+    """The ``lr_factor`` schedule as a per-step LambdaLR."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: lr_factor(k, steps_per_epoch, restart_epochs, restart_decay))
+
+
 def fit(model: nn.Module, data, device: torch.device, *, loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor],
         torch.Tensor], epochs: int, lr: float, momentum: float, weight_decay: float, restart_epochs: int,
         restart_decay: float, batch_size: int, seed: int, log: Callable[[str], None] = print,
-        name: str = "train") -> nn.Module:
+        name: str = "train", compile: bool = False) -> nn.Module:
     """Train ``model`` on ``data.train`` with ``loss_fn(model, x, y)``: SGD + Nesterov, the ``lr_factor``
     schedule, augmented batches in a seeded order; one log line per epoch. Returns the model in eval mode."""
     torch.manual_seed(seed)
     model = prepare(model, device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    steps = max(1, len(data.train) // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, restart_epochs, restart_decay))
+    opt = sgd(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = restarts(opt, max(1, len(data.train) // batch_size), restart_epochs, restart_decay)
+    step = Step(lambda x, y: {"loss": loss_fn(model, x, y)}, [opt], [sched], compile=compile)
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
-        total = torch.zeros((), device=device)  # summed on the device: no host synchronisation per step
-        for x, y in data.train.batches(batch_size, device, train=True, generator=g):
-            with autocast(device):
-                loss = loss_fn(model, x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach()
+        loss = train_epoch(step, data.train, device, batch_size=batch_size, generator=g, name=name,
+                           epoch=epoch + 1)["loss"]
         acc = evaluate(model, data.val, device) if len(data.val) else float("nan")
-        log(f"{name} epoch {epoch + 1}/{epochs}  loss {total.item() / steps:.4f}  val acc {acc:.2f}%")
+        log(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  val acc {acc:.2f}%")
     return model.eval()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kd_loss", "hint_loss", "member_loss", "cascade_loss"]
+__all__ = ["kd_loss", "hint_loss", "HintPlan", "member_loss", "cascade_loss"]
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
@@ -14,23 +14,54 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.T
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * tau * tau
 
 
-def hint_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
-    """Mean squared error between matching feature maps, averaged over layers; teachers detached."""
+def hint_loss(student: list[torch.Tensor], teacher: list[torch.Tensor],
+              plans: list[HintPlan | None] | None = None) -> torch.Tensor:
+    """Mean squared error between matching feature maps, averaged over layers; teachers detached.
+
+    Masked members' features are full width (zeros where pruned) and compare directly. Exported members keep
+    only some channels: ``plans[j]`` says which, and the error is the full-width one without building it."""
     if not student:
         return torch.zeros(())
-    return torch.stack([F.mse_loss(s.float(), t.detach().float()) for s, t in zip(student, teacher)]).mean()
+    plans = plans or [None] * len(student)
+    return torch.stack([F.mse_loss(s.float(), t.detach().float()) if p is None else p.mse(s, t.detach())
+                        for s, t, p in zip(student, teacher, plans)]).mean()
+
+
+class HintPlan:
+    """The full-width MSE between two physically pruned feature maps, from index tensors made once.
+
+    ``s_kept``/``t_kept``: the full-width channel positions each side keeps (sorted, as export keeps them).
+    mse = (sum over shared channels of (s - t)^2 + sum over student-only s^2 + teacher-only t^2) / full size."""
+
+    def __init__(self, s_kept: torch.Tensor, t_kept: torch.Tensor, full: int, device: torch.device):
+        s_kept, t_kept = s_kept.cpu().tolist(), t_kept.cpu().tolist()
+        t_at = {c: j for j, c in enumerate(t_kept)}
+        shared = [(i, t_at[c]) for i, c in enumerate(s_kept) if c in t_at]
+        as_index = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+        self.s_shared, self.t_shared = as_index([i for i, _ in shared]), as_index([j for _, j in shared])
+        s_set = set(s_kept)
+        self.s_only = as_index([i for i, c in enumerate(s_kept) if c not in t_at])
+        self.t_only = as_index([j for j, c in enumerate(t_kept) if c not in s_set])
+        self.full = full
+
+    def mse(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s, t = s.float(), t.float()
+        sq = (s.index_select(1, self.s_shared) - t.index_select(1, self.t_shared)).pow(2).sum()
+        sq = sq + s.index_select(1, self.s_only).pow(2).sum() + t.index_select(1, self.t_only).pow(2).sum()
+        return sq / (s.shape[0] * self.full * s[0, 0].numel())
 
 
 def member_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor, *, tau: float,
                 lambda_kd: float, lambda_h: float, feats: list[torch.Tensor] | None = None,
-                teacher_feats: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                teacher_feats: list[torch.Tensor] | None = None,
+                plans: list[HintPlan | None] | None = None) -> dict[str, torch.Tensor]:
     """L = CE + lambda_KD * tau^2 * KL + lambda_H * hints for one member and its teacher."""
     ce = F.cross_entropy(logits.float(), labels)
     kd = kd_loss(logits, teacher_logits, tau)
     terms = {"ce": ce, "kd": kd}
     total = ce + lambda_kd * kd
     if lambda_h > 0 and feats:
-        terms["hint"] = hint_loss(feats, teacher_feats or [])
+        terms["hint"] = hint_loss(feats, teacher_feats or [], plans)
         total = total + lambda_h * terms["hint"]
     terms["loss"] = total
     return terms

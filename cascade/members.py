@@ -1,88 +1,175 @@
 """``CascadeNet``: one CNN run as N members (student first) that share its convolution weights.
 
-Every member owns its stem (first conv), BatchNorms, head (last linear) and filter scores. The wrapped
-model's BatchNorms, stem and head are swapped for ``Memberwise`` modules that split the (N*B) batch into
-N chunks, one per member; everything else (shared convs, activations, pooling, residual additions) is
-batch-independent, so one forward pass over the N*B batch computes all members and every shared conv
-runs as one call.
+Every member owns its stem (first conv), BatchNorms, head (last linear) and filter scores. The batch is laid
+out member-minor: image b of member n is row b*N + n of the (B*N, C, H, W) activations, so that
+
+- the stem is ONE conv with N*C output channels on the (B, 3, H, W) input, viewed as (B*N, C, H', W');
+- every shared conv, activation, pooling and residual addition runs once over all members (batch-independent);
+- the N BatchNorms of a layer are ONE batch-norm over the free view (B, N*C, H, W), the member masks folded
+  into its affine weight and bias (a masked channel is exactly zero: no BN shift leaks);
+- the head is one batched matmul over the (B, N, F) view.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
+import torch.nn.functional as F
 
-from .budget import BUDGETS, CostModel, budget_masks
+from .budget import BUDGETS, CostModel, _Layout, fill, threshold_masks
 from .flops import trace_layers
-from .masks import global_topk_masks, keep_count, route_to_teacher, straight_through
+from .groups import BN_TYPES, PruneGroup, find_groups
+from .masks import keep_count, route_to_teacher, straight_through
 
-__all__ = ["CascadeNet", "Memberwise", "MemberBN", "validate_cascade", "SCORE_INITS"]
+__all__ = ["CascadeNet", "MemberBN", "MemberStem", "MemberHead", "validate_cascade", "SCORE_INITS", "apply_decisions",
+           "main_output"]
 
 SCORE_INITS = ("rank", "l1", "random")
 
 
-class Memberwise(nn.Module):
-    """N copies of a module; chunk i of the (N*B, ...) batch goes through copy i."""
-
-    def __init__(self, module: nn.Module, n: int):
-        super().__init__()
-        self.copies = nn.ModuleList(copy.deepcopy(module) for _ in range(n))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m(c) for m, c in zip(self.copies, x.chunk(len(self.copies)))])
+def main_output(out):
+    """The logits of a model whose train-mode output also carries auxiliary heads (GoogLeNet, Inception)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
-class MemberBN(Memberwise):
-    """Per-member BatchNorm followed by the member's channel mask.
+class _ClampPassZero(torch.autograd.Function):
+    """clamp(x, lo, hi) whose backward also passes the gradient at the bounds (a valid subgradient).
 
-    The mask multiplies the BN *output*, so a masked channel is exactly zero (its BN shift cannot leak)
-    and the masked member computes what the physically pruned network computes.
-    """
-
-    mask: torch.Tensor | None = None  # (N, C), set by CascadeNet before each forward
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)  # (N*B, C, H, W)
-        if self.mask is None:
-            return y
-        n, c = self.mask.shape
-        m = self.mask.to(y.dtype).view(n, 1, c, *([1] * (y.dim() - 2)))
-        return (y.unflatten(0, (n, -1)) * m).flatten(0, 1)
-
-
-class _ReluPassZero(torch.autograd.Function):
-    """relu(x), whose backward lets the gradient through at x == 0 (a valid subgradient)."""
+    Saves a bool tensor (1 byte an element), not x."""
 
     @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
+    def forward(ctx, x, lo, hi):
+        keep = (x >= lo) if hi is None else (x >= lo) & (x <= hi)
+        ctx.save_for_backward(keep)
+        return x.clamp(lo, hi)
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x >= 0).to(grad.dtype)
+        (keep,) = ctx.saved_tensors
+        return grad * keep, None, None
 
 
 class ReLUPassZero(nn.ReLU):
-    """The members' ReLU. A masked channel is exactly 0, and torch's relu'(0) = 0 would cut its mask off
-    from any gradient; passing it at 0 gives the straight-through gradient the method needs
-    (sum of dL/dY_n * unmasked output_n), so a pruned filter can come back. Same forward as nn.ReLU."""
+    """The members' ReLU. A masked channel is exactly 0, and torch's relu'(0) = 0 would cut its mask off from
+    any gradient; passing it at 0 gives the straight-through gradient the method needs (sum of dL/dY_n *
+    unmasked output_n), so a pruned filter can come back. Same forward as nn.ReLU. (Hardswish, SiLU and GELU
+    already have a non-zero slope at 0.)"""
 
     def forward(self, x):
-        return _ReluPassZero.apply(x)
+        return _ClampPassZero.apply(x, 0.0, None)
 
 
-@dataclass
-class PruneGroup:
-    """Coupled channels that are removed together, with one score/mask entry per channel."""
-    root: str                                # name of the conv whose output channels index the group
-    size: int                                # channels in the group
-    bns: list[tuple[str, list[int]]]         # (BatchNorm name, root index of each of its channels)
-    layers: list[tuple[str, str, list[int]]] = field(default_factory=list)  # (conv/linear, "in"|"out", root idx per position)
+class ReLU6PassZero(nn.ReLU6):
+    """ReLU6 with the gradient passed at 0 (and 6), for the same reason as ``ReLUPassZero``."""
+
+    def forward(self, x):
+        return _ClampPassZero.apply(x, 0.0, 6.0)
+
+
+_PASS_ZERO = {nn.ReLU: ReLUPassZero, nn.ReLU6: ReLU6PassZero}
+
+
+class MemberBN(nn.Module):
+    """N BatchNorms as one: (B*N, C, ...) viewed as (B, N*C, ...), parameters and statistics stacked per member.
+
+    ``mask`` (N*C,), set by CascadeNet before each forward, multiplies the affine weight and bias, so a masked
+    channel is exactly 0 and its gradient is the straight-through one: dL/dmask = sum of dL/dY * BN(x)."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, n: int):
+        super().__init__()
+        self.n, self.num_features, self.eps, self.momentum = n, bn.num_features, bn.eps, bn.momentum
+        self.kind = type(bn)
+        self.weight = nn.Parameter(bn.weight.detach().repeat(n)) if bn.affine else None
+        self.bias = nn.Parameter(bn.bias.detach().repeat(n)) if bn.affine else None
+        stats = bn.running_mean is not None
+        self.register_buffer("running_mean", bn.running_mean.repeat(n) if stats else None)
+        self.register_buffer("running_var", bn.running_var.repeat(n) if stats else None)
+        self.register_buffer("num_batches_tracked", bn.num_batches_tracked.clone() if stats else None)
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = x.reshape(x.shape[0] // self.n, self.n * self.num_features, *x.shape[2:])  # free if contiguous
+        w, b = self.weight, self.bias
+        if self.mask is not None:
+            w = self.mask if w is None else w * self.mask
+            b = None if b is None else b * self.mask
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative average, as nn.BatchNorm
+                factor = 1.0 / float(self.num_batches_tracked)
+        training = self.training or self.running_mean is None
+        return F.batch_norm(view, self.running_mean, self.running_var, w, b, training, factor, self.eps).view(x.shape)
+
+    def member(self, i: int) -> nn.Module:
+        """Member i's BatchNorm as a plain module of the original type."""
+        c = self.num_features
+        bn = self.kind(c, eps=self.eps, momentum=self.momentum, affine=self.weight is not None,
+                       track_running_stats=self.running_mean is not None).to(self._device())
+        with torch.no_grad():
+            if self.weight is not None:
+                bn.weight.copy_(self.weight[i * c:(i + 1) * c])
+                bn.bias.copy_(self.bias[i * c:(i + 1) * c])
+            if self.running_mean is not None:
+                bn.running_mean.copy_(self.running_mean[i * c:(i + 1) * c])
+                bn.running_var.copy_(self.running_var[i * c:(i + 1) * c])
+                bn.num_batches_tracked.copy_(self.num_batches_tracked)
+        return bn
+
+    def _device(self):
+        return next(self.buffers()).device
+
+
+class MemberStem(nn.Module):
+    """N stems as one conv with N*C_out filters: (B, C_in, H, W) -> (B*N, C_out, H', W'), member-minor."""
+
+    def __init__(self, conv: nn.Conv2d, n: int):
+        super().__init__()
+        self.n, self.out_channels = n, conv.out_channels
+        self.conv = copy.deepcopy(conv)
+        self.conv.weight = nn.Parameter(conv.weight.detach().repeat(n, 1, 1, 1))
+        if conv.bias is not None:
+            self.conv.bias = nn.Parameter(conv.bias.detach().repeat(n))
+        self.conv.out_channels = n * conv.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)  # (B, N*C_out, H', W')
+        return y.reshape(y.shape[0] * self.n, self.out_channels, *y.shape[2:])
+
+    def member(self, i: int) -> nn.Conv2d:
+        c = self.out_channels
+        conv = copy.deepcopy(self.conv)
+        conv.out_channels = c
+        conv.weight = nn.Parameter(self.conv.weight.detach()[i * c:(i + 1) * c].clone())
+        if self.conv.bias is not None:
+            conv.bias = nn.Parameter(self.conv.bias.detach()[i * c:(i + 1) * c].clone())
+        return conv
+
+
+class MemberHead(nn.Module):
+    """N linear heads as one batched matmul: (B*N, F) -> (B*N, K), member-minor."""
+
+    def __init__(self, linear: nn.Linear, n: int):
+        super().__init__()
+        self.n = n
+        self.weight = nn.Parameter(linear.weight.detach().repeat(n, 1, 1))                 # (N, K, F)
+        self.bias = nn.Parameter(linear.bias.detach().repeat(n, 1)) if linear.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("bnf,nkf->bnk", x.reshape(-1, self.n, x.shape[-1]), self.weight)  # (B, N, K)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(-1, y.shape[-1])
+
+    def member(self, i: int) -> nn.Linear:
+        k, f = self.weight.shape[1:]
+        lin = nn.Linear(f, k, bias=self.bias is not None).to(self.weight.device)
+        with torch.no_grad():
+            lin.weight.copy_(self.weight[i])
+            if self.bias is not None:
+                lin.bias.copy_(self.bias[i])
+        return lin
 
 
 def validate_cascade(ratios: list[float], *, budget: str, score_init: str, round_to: int) -> None:
@@ -111,40 +198,12 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
-def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str]) -> list[PruneGroup]:
-    """Prunable channel groups from Torch-Pruning's dependency graph.
-
-    A group is kept only if every conv whose outputs it removes is followed by a BatchNorm in the group
-    (the mask sits after BN). Groups coupled with an ignored layer (stem, head) are skipped.
-    """
-    names = {m: n for n, m in model.named_modules()}
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-    groups = []
-    for group in dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in ignored],
-                                   root_module_types=[nn.Conv2d]):
-        root = group[0].dep.target.module
-        convs, bns, layers = set(), {}, {}
-        for item in group.items:
-            mod, fn = item.dep.target.module, item.dep.handler
-            roots = [r for _, r in sorted(zip(item.idxs, item.root_idxs))]  # target position -> root channel
-            if isinstance(mod, nn.BatchNorm2d):
-                bns[names[mod]] = roots
-            elif isinstance(mod, (nn.Conv2d, nn.Linear)):
-                out = dg.is_out_channel_pruning_fn(fn)
-                layers[(names[mod], "out" if out else "in")] = roots
-                if out and isinstance(mod, nn.Conv2d):
-                    convs.add(mod)
-        if bns and len(bns) >= len(convs):
-            groups.append(PruneGroup(names[root], root.out_channels, sorted(bns.items()),
-                                     [(n, d, r) for (n, d), r in layers.items()]))
-    return groups
-
-
 class CascadeNet(nn.Module):
     """A hierarchy of members T_0 (student) ... T_{N-1} over one model's shared conv weights.
 
-    ``ratios[i]`` is the fraction of prunable filters member i removes (student first, strictly
-    decreasing). ``forward(x)`` returns one logits tensor per member, student first.
+    ``ratios[i]`` is the fraction member i removes (of the FLOPs, params or filters: ``budget``), student
+    first, strictly decreasing. ``forward(x)`` returns one logits tensor per member, student first.
+    Models that cannot be pruned exactly are refused with a ValueError naming the reason and the layer.
     """
 
     def __init__(self, model: nn.Module, ratios: list[float], example_input: torch.Tensor, *,
@@ -152,116 +211,171 @@ class CascadeNet(nn.Module):
                  round_to: int = 1):
         super().__init__()
         validate_cascade(list(ratios), budget=budget, score_init=score_init, round_to=round_to)
-        self.budget = budget
-        self.round_to = int(round_to)  # each group keeps a multiple of this many channels (hardware-friendly)
+        self.budget, self.round_to = budget, int(round_to)
         self.ratios = [float(k) for k in ratios]
-        self.n = len(ratios)
+        self.n = n = len(ratios)
         self.input_size = tuple(example_input.shape[1:])
         body = copy.deepcopy(model).cpu().eval()
         example_input = example_input[:1].cpu()
-        order = [name for name, _, _ in trace_layers(body, example_input)]
-        self.stem_name, self.head_name = order[0], order[-1]  # the stem is never masked nor shared
-        with torch.enable_grad():
-            self.groups = find_groups(body, example_input, ignored=[self.stem_name, self.head_name])
-        if not self.groups:
-            raise ValueError("this model has no prunable channel group (conv followed by BatchNorm)")
-        self.total_filters = sum(g.size for g in self.groups)
-        self.keep = [keep_count(k, self.total_filters, min_keep=len(self.groups)) for k in self.ratios]
-        # Budgets in FLOPs/params: the exact cost of a masked member, and each member's target.
-        self.cost_model = CostModel.build(body, example_input, self.groups)
-        self.base_cost = self.cost_model.cost([torch.ones(g.size) for g in self.groups])
+        calls = trace_layers(body, example_input)
+        (self.stem_name, stem, _), (self.head_name, head, _) = calls[0], calls[-1]
+        if not isinstance(stem, nn.Conv2d) or stem.groups != 1:
+            raise ValueError(f"cannot prune: the stem {self.stem_name!r} must be a plain Conv2d (groups=1)")
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"cannot prune: the head {self.head_name!r} must be nn.Linear, got {type(head).__name__}")
+        self.groups: list[PruneGroup] = find_groups(body, example_input, ignored=[self.stem_name, self.head_name])
+
+        # flat filter numbering: group after group
+        sizes = [g.size for g in self.groups]
+        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.total_filters = f = sum(sizes)
+        self.register_buffer("group_of", torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)),
+                             persistent=False)
+        self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
+        self.cost_model = CostModel.build(body, example_input, self.groups, offsets)
+        flops, params = self.cost_model.cost(torch.ones(1, f))
+        self.base_cost = (int(flops), int(params))
+        self.keep = [keep_count(k, f, min_keep=len(self.groups)) for k in self.ratios]
         idx = 1 if budget == "params" else 0
         self.targets = [(1 - k) * self.base_cost[idx] for k in self.ratios]
+        limits = self.keep if budget == "filters" else self.targets
+        self.register_buffer("limits", torch.tensor(limits, dtype=torch.float64), persistent=False)
 
-        # Scores: one (N, C_g) tensor per group. "rank" (default): each filter's L1-norm rank within its
-        # layer, in (0, 1], so one global threshold starts as uniform per-layer L1 pruning (a strong start:
-        # see BENCHMARKS.md) and training moves filters across layers from there. "l1": the L1 norm / the
-        # layer's largest (a global threshold then prunes layers very unevenly). "random": ablation.
-        scores = []
-        for g in self.groups:
+        # Scores (N, F). "rank" (default): each filter's L1-norm rank within its layer, in (0, 1], so one global
+        # threshold starts as uniform per-layer L1 pruning (a strong start: BENCHMARKS.md) and training moves
+        # filters across layers from there. "l1": the L1 norm / the layer's largest. "random": ablation.
+        init = []
+        for gi, g in enumerate(self.groups):
             l1 = body.get_submodule(g.root).weight.detach().abs().flatten(1).sum(1)  # (C_g,)
             if score_init == "rank":
-                s = (l1.argsort().argsort().float() + 1) / g.size
+                init.append((l1.argsort().argsort().float() + 1) / g.size)
             elif score_init == "l1":
-                s = l1 / l1.max().clamp_min(1e-12)
-            else:  # "random"
-                s = torch.rand(g.size, generator=torch.Generator().manual_seed(len(scores)))
-            scores.append(nn.Parameter(s.float().repeat(self.n, 1)))
-        self.scores = nn.ParameterList(scores)
-        # The cascaded update (off only for ablations: every member then follows its own gradient).
-        self.route_scores = route_scores
-        for p in self.scores:
-            p.register_hook(lambda grad: route_to_teacher(grad) if self.route_scores else grad)
+                init.append(l1 / l1.max().clamp_min(1e-12))
+            else:
+                init.append(torch.rand(g.size, generator=torch.Generator().manual_seed(gi)))
+        self.scores = nn.Parameter(torch.cat(init).float().repeat(n, 1))  # (N, F)
+        self.route_scores = route_scores  # the cascaded update; False only for ablations
+        self.scores.register_hook(lambda grad: route_to_teacher(grad) if self.route_scores else grad)
+
+        # Each BatchNorm's channels -> flat filter (or F: a channel of no group, always kept). A BN after a
+        # concatenation takes its channels from several groups; each position finds its own.
+        bn_index: dict[str, torch.Tensor] = {}
+        for name, m in body.named_modules():
+            if isinstance(m, BN_TYPES):
+                bn_index[name] = torch.full((m.num_features,), f, dtype=torch.long)
+        for gi, g in enumerate(self.groups):
+            for bn, roots in g.bns:
+                bn_index[bn][torch.tensor(g.bn_positions[bn])] = torch.tensor(roots) + offsets[gi]
+        self.hint_points = _hint_points(body, example_input, hint_layers) if hint_layers > 0 else []
 
         for name, m in list(body.named_modules()):
-            if type(m) is nn.ReLU:
-                _set_module(body, name, ReLUPassZero(inplace=m.inplace))
-            elif isinstance(m, nn.BatchNorm2d):
-                _set_module(body, name, MemberBN(m, self.n))
-            elif name in (self.stem_name, self.head_name):
-                _set_module(body, name, Memberwise(m, self.n))
+            if type(m) in _PASS_ZERO:
+                _set_module(body, name, _PASS_ZERO[type(m)](inplace=m.inplace))
+            elif isinstance(m, BN_TYPES):
+                _set_module(body, name, MemberBN(m, n))
+        _set_module(body, self.stem_name, MemberStem(stem, n))
+        _set_module(body, self.head_name, MemberHead(head, n))
         self.body = body
-        # (module, group index, root index of each BN channel)
-        self._masked = [(body.get_submodule(bn), gi, torch.tensor(idx))
-                        for gi, g in enumerate(self.groups) for bn, idx in g.bns]
-        masked_names = [bn for g in self.groups for bn, _ in g.bns]
-        bn_order = [n for n, m in body.named_modules() if isinstance(m, MemberBN) and n in masked_names]
-        self.hint_names = bn_order[-hint_layers:] if hint_layers > 0 else []
+        self._bns = [(body.get_submodule(name), name) for name in bn_index]
+        for i, (name, idx_) in enumerate(bn_index.items()):
+            self.register_buffer(f"_bn_index{i}", idx_, persistent=False)
+        self._features: dict[str, torch.Tensor] | None = None
+        for name, _ in self.hint_points:
+            body.get_submodule(name).register_forward_hook(self._tap(name))
+        self._cache: dict[str, tuple] = {}
+
+    @property
+    def hint_names(self) -> list[str]:
+        return [name for name, _ in self.hint_points]
+
+    def _tap(self, name: str):
+        def hook(_m, _i, out):
+            if self._features is not None:
+                self._features[name] = out
+        return hook
+
+    def _layout(self) -> _Layout:
+        return _Layout(self.group_of, self.sizes, self.cost_model)
 
     # ------------------------------------------------------------------ masks
-    def hard_masks(self) -> list[torch.Tensor]:
-        """Binary masks, one (N, C_g) tensor per group. Member i keeps exactly ``self.keep[i]`` filters
-        (budget 'filters'), or the most filters whose FLOPs/params are at most ``self.targets[i]``."""
-        if self.budget == "filters":
-            per_member = [global_topk_masks([s[i] for s in self.scores], self.keep[i], self.round_to)
-                          for i in range(self.n)]
-        else:
-            per_member = [budget_masks([s[i].detach().cpu() for s in self.scores], self.cost_model, self.targets[i],
-                                       self.budget, self.round_to) for i in range(self.n)]
-        return [torch.stack([per_member[i][g] for i in range(self.n)]).to(self.scores[g].device)
-                for g in range(len(self.groups))]
+    def step_masks(self) -> torch.Tensor:
+        """(N, F) 0/1: each member's global threshold (the per-step masks; tensor work on the scores' device,
+        no host synchronisation). Cached until the scores change (every evaluation batch reuses them)."""
+        return self._cached("step", lambda: threshold_masks(self.scores, self._layout(), kind=self.budget,
+                                                            limits=self.limits, round_to=self.round_to))
 
-    def _apply_masks(self, masks: list[torch.Tensor] | None) -> None:
-        for bn, gi, idx in self._masked:
-            bn.mask = None if masks is None else masks[gi][:, idx.to(masks[gi].device)]
+    def final_masks(self) -> torch.Tensor:
+        """(N, F) 0/1: the threshold masks, each filled with the best filters that still fit the budget (once
+        per score update, on the host): what export, statistics and evaluation use."""
+        def compute():
+            step = self.step_masks()
+            if self.budget == "filters":
+                return step
+            return torch.stack([fill(step[i], self.scores[i], self._layout(), kind=self.budget,
+                                     limit=float(self.targets[i]), round_to=self.round_to) for i in range(self.n)])
+        return self._cached("final", compute)
+
+    def hard_masks(self) -> torch.Tensor:
+        """The masks a forward pass uses: per-step in training, final in evaluation."""
+        return self.step_masks() if self.training else self.final_masks()
+
+    def _cached(self, key: str, compute):
+        version = (self.scores._version, self.scores.data_ptr(), self.scores.device)
+        hit = self._cache.get(key)
+        if hit is None or hit[0] != version:
+            with torch.no_grad():
+                hit = self._cache[key] = (version, compute())
+        return hit[1]
+
+    def group_masks(self, masks: torch.Tensor) -> list[torch.Tensor]:
+        """(N, F) -> one (N, C_g) tensor per group."""
+        return list(masks.split(self.sizes.tolist(), dim=1))
+
+    def _apply_masks(self, masks: torch.Tensor | None) -> None:
+        if masks is not None:
+            masks = torch.cat([masks, masks.new_ones(self.n, 1)], dim=1)  # (N, F+1): the last slot is "always kept"
+        for i, (bn, _) in enumerate(self._bns):
+            bn.mask = None if masks is None else masks[:, getattr(self, f"_bn_index{i}")].reshape(-1)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, *, with_features: bool = False):
-        """x: (B, C, H, W) -> list of N logits (B, K), student first [, list of N lists of hint features]."""
-        hard = self.hard_masks()
-        self._apply_masks([straight_through(h, s) for h, s in zip(hard, self.scores)])
-        features: dict[str, torch.Tensor] = {}
-        hooks = [self.body.get_submodule(n).register_forward_hook(
-                 lambda m, i, o, n=n: features.__setitem__(n, o)) for n in self.hint_names] if with_features else []
+        """x: (B, C, H, W) -> list of N logits (B, K), student first [, per member the hint features]."""
+        self._apply_masks(straight_through(self.hard_masks(), self.scores))
+        self._features = {} if with_features else None
         try:
-            out = self.body(x.repeat(self.n, *([1] * (x.dim() - 1))))  # (N*B, K)
+            out = main_output(self.body(x))                         # (B*N, K), member-minor
         finally:
-            # the masks live on in the autograd graph; the modules must not hold them (deepcopy, pickling)
-            self._apply_masks(None)
-            for h in hooks:
-                h.remove()
-        logits = list(out.chunk(self.n))
+            self._apply_masks(None)  # the masks live on in the autograd graph; the modules must not hold them
+            feats, self._features = self._features, None
+        logits = list(out.view(-1, self.n, out.shape[-1]).unbind(1))
         if not with_features:
             return logits
-        # per member, the hint features in layer order: feats[i][j] is (B, C_j, H_j, W_j)
-        chunks = [features[n].chunk(self.n) for n in self.hint_names]
-        feats = [[c[i] for c in chunks] for i in range(self.n)]
-        return logits, feats
+        # per member, the hint features in order: (B*N, C, H, W) -> member i's (B, C, H, W)
+        per_point = [feats[name].view(-1, self.n, *feats[name].shape[1:]).unbind(1) for name in self.hint_names]
+        return logits, [[p[i] for p in per_point] for i in range(self.n)]
 
     # ------------------------------------------------------------------ export
     def decisions(self, i: int) -> dict[str, list[int]]:
         """Member i's pruning decisions: for each group's root conv, the output channels it keeps."""
-        masks = self.hard_masks()
+        masks = self.group_masks(self.final_masks().cpu())
         return {g.root: torch.nonzero(masks[gi][i]).flatten().tolist() for gi, g in enumerate(self.groups)}
+
+    def kept_positions(self, i: int, bn: str) -> torch.Tensor:
+        """The channel positions of BatchNorm ``bn`` that member i keeps (final masks)."""
+        k = [name for _, name in self._bns].index(bn)
+        masks = torch.cat([self.final_masks(), self.final_masks().new_ones(self.n, 1)], dim=1)
+        return torch.nonzero(masks[i, getattr(self, f"_bn_index{k}")]).flatten()
 
     def plain_member(self, i: int) -> nn.Module:
         """Member i as the original architecture at full width (its stem, BNs and head), unpruned."""
         plain = copy.deepcopy(self.body)
         for name, m in list(plain.named_modules()):
-            if isinstance(m, Memberwise):
-                _set_module(plain, name, m.copies[i])
-            elif isinstance(m, ReLUPassZero):
-                _set_module(plain, name, nn.ReLU(inplace=m.inplace))
+            if isinstance(m, (MemberBN, MemberStem, MemberHead)):
+                _set_module(plain, name, m.member(i))
+            elif type(m) in (ReLUPassZero, ReLU6PassZero):
+                _set_module(plain, name, type(m).__mro__[1](inplace=m.inplace))
+        for name in self.hint_names:
+            plain.get_submodule(name)._forward_hooks.clear()
         return plain
 
     def export(self, i: int = 0) -> nn.Module:
@@ -269,28 +383,73 @@ class CascadeNet(nn.Module):
         their BN channels and the next layers' input channels). Eval outputs equal the masked member's."""
         return apply_decisions(self.plain_member(i), self.decisions(i), self.input_size)
 
-    def member_cost(self, i: int, masks: list[torch.Tensor] | None = None) -> tuple[int, int]:
-        """Member i's exact (FLOPs, params) once exported."""
-        masks = masks or self.hard_masks()
-        return self.cost_model.cost([m[i].cpu() for m in masks])
+    def member_cost(self, i: int, masks: torch.Tensor | None = None) -> tuple[int, int]:
+        """Member i's exact (FLOPs, params) once exported (final masks unless given)."""
+        masks = self.final_masks() if masks is None else masks
+        flops, params = self.cost_model.cost(masks[i:i + 1])
+        return int(flops), int(params)
 
     def member_stats(self) -> list[dict]:
-        """Per member: ratio, budget, kept-filter fraction, requested and achieved FLOPs/params, kept channels."""
-        masks = self.hard_masks()
+        """Per member: ratio, budget, kept-filter fraction, requested and achieved FLOPs/params (and their
+        ratio), kept channels per group."""
+        masks = self.final_masks()
+        flops, params = (t.tolist() for t in self.cost_model.cost(masks))
+        kept = self.group_masks(masks.cpu())
         out = []
         for i in range(self.n):
-            flops, params = self.member_cost(i, masks)
+            achieved = params[i] if self.budget == "params" else flops[i]
             out.append({"ratio": self.ratios[i], "budget": self.budget,
-                        "kept_fraction": sum(int(m[i].sum()) for m in masks) / self.total_filters,
-                        "flops": flops, "params": params,
+                        "kept_fraction": float(masks[i].sum()) / self.total_filters,
+                        "flops": flops[i], "params": params[i],
                         "requested_flops": self.targets[i] if self.budget == "flops" else None,
                         "requested_params": self.targets[i] if self.budget == "params" else None,
-                        "kept_channels": {g.root: int(masks[gi][i].sum()) for gi, g in enumerate(self.groups)}})
+                        "budget_used": achieved / self.targets[i] if self.budget != "filters" else None,
+                        "kept_channels": {g.root: int(kept[gi][i].sum()) for gi, g in enumerate(self.groups)}})
         return out
+
+
+def _hint_points(body: nn.Module, example_input: torch.Tensor, k: int) -> list[tuple[str, str]]:
+    """The last ``k`` blocks, as (module, BatchNorm whose channels its output carries), in forward order.
+
+    A block is a module held in a container (Sequential, ModuleList, ModuleDict) that is not a container
+    itself, contains a BatchNorm, and has no such block above it: VGG's conv layers (their BNs), ResNet's
+    residual blocks, MobileNet's inverted residuals. Its output must carry the channels of its last-run
+    BatchNorm of the same width (so a pruned member's kept channels there are known); others are skipped."""
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    names = {m: n for n, m in body.named_modules()}
+    blocks = set()
+    for parent in body.modules():
+        if isinstance(parent, containers):
+            for child in parent.children():
+                if not isinstance(child, containers) and any(isinstance(m, BN_TYPES) for m in child.modules()):
+                    blocks.add(names[child])
+    blocks = {b for b in blocks if not any(b.startswith(o + ".") for o in blocks)}  # outermost only
+    done: list[tuple[str, int]] = []  # (block, output channels) in completion order
+    bn_calls: list[str] = []
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: bn_calls.append(n))
+             for n, m in body.named_modules() if isinstance(m, BN_TYPES)]
+    hooks += [body.get_submodule(b).register_forward_hook(
+              lambda m, i, o, b=b: done.append((b, o.shape[1]) if torch.is_tensor(o) and o.dim() >= 2 else (b, -1)))
+              for b in blocks]
+    try:
+        with torch.no_grad():
+            body(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    points = []
+    for block, channels in done:
+        bns = [n for n in bn_calls if (n == block or n.startswith(block + "."))
+               and body.get_submodule(n).num_features == channels]
+        if bns:
+            points.append((block, bns[-1]))
+    return points[-k:]
 
 
 def apply_decisions(model: nn.Module, decisions: dict[str, list[int]], input_size: tuple[int, ...]) -> nn.Module:
     """Physically prune ``model`` in place so each named root conv keeps only the listed output channels."""
+    import torch_pruning as tp
+
     p = next(model.parameters())
     was_training = model.training
     model.eval()

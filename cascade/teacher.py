@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from .config import ConfigError, PruneConfig
 from .data import DataBundle, default_cache_dir
 from .engine import evaluate, fit, load_checkpoint, prepare, save_atomic
+from .members import main_output
 from .models import create_model
 
 __all__ = ["get_teacher", "teacher_key"]
@@ -82,6 +83,6 @@ def train_teacher(model: nn.Module, cfg: PruneConfig, data: DataBundle, device: 
                   log: Callable[[str], None] = print) -> nn.Module:
     """Plain supervised training (SGD + Nesterov, one cosine cycle) for ``cfg.teacher.epochs``."""
     t = cfg.teacher
-    return fit(model, data, device, loss_fn=lambda m, x, y: F.cross_entropy(m(x).float(), y), epochs=t.epochs,
+    return fit(model, data, device, loss_fn=lambda m, x, y: F.cross_entropy(main_output(m(x)).float(), y), epochs=t.epochs,
                lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, restart_epochs=max(1, t.epochs), restart_decay=1.0,
                batch_size=cfg.data.batch_size, seed=cfg.seed, log=log, name="teacher")

@@ -1,29 +1,34 @@
-"""One cascade run: joint phase, student fine-tuning with teacher swaps, export.
+"""One cascade run: build, joint phase, student fine-tuning with teacher swaps, export.
 
-``prune_epochs`` is a generator that yields one metrics dict per epoch (so a CLI prints them and a Ray
-trial reports them) and returns the final result dict. It checkpoints every epoch into ``out_dir`` and,
-started again on the same ``out_dir``, resumes from the last checkpoint.
+``prune_epochs`` is a generator that yields one metrics dict per epoch (so a CLI prints them and a Ray trial
+reports them) and returns the final result dict. It checkpoints every epoch into ``out_dir`` and, started
+again on the same ``out_dir``, resumes from the last checkpoint. Every phase trains through the same
+``engine.Step`` and ``engine.train_epoch`` as the teacher and the benchmark's peers.
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Iterator
 
 import torch
 import torch.nn as nn
 
 from .config import PruneConfig, to_dict
-from .data import DataBundle, load_data
-from .engine import (autocast, evaluate, load_checkpoint, lr_factor, prepare, resolve_device, save_atomic)
+from .data import DataBundle, default_cache_dir, load_data
+from .engine import (Step, autocast, evaluate, load_checkpoint, prepare, resolve_device, restarts, save_atomic, sgd,
+                     train_epoch)
 from .flops import count_flops
-from .losses import cascade_loss, member_loss
-from .members import CascadeNet
+from .losses import HintPlan, cascade_loss, member_loss
+from .members import CascadeNet, main_output
 from .teacher import get_teacher
 
-__all__ = ["prune_epochs", "run_prune", "load_prune_data"]
+__all__ = ["prune_epochs", "run_prune", "load_prune_data", "format_epoch"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -56,244 +61,235 @@ def format_epoch(m: dict) -> str:
             f"  ({m['epoch_time']:.1f}s)")
 
 
-def _hint_modules(model: nn.Module, names: list[str]) -> tuple[list, dict[str, torch.Tensor]]:
-    """Forward hooks that store the outputs of the named modules of ``model``."""
+@contextmanager
+def taps(model: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks that store the outputs of the named modules, removed on exit (a module holding them
+    could not be pickled)."""
     store: dict[str, torch.Tensor] = {}
     hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o))
              for n in names]
-    return hooks, store
+    try:
+        yield store
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@dataclass
+class _Run:
+    """What one cascade run holds from its build to its export."""
+    cfg: PruneConfig
+    out: Path
+    data: DataBundle
+    device: torch.device
+    teacher: nn.Module
+    teacher_acc: float
+    net: CascadeNet
+    state: dict[str, Any]
+    steps: int
+    generator: torch.Generator
+    compile: bool
+
+    @property
+    def ckpt(self) -> Path:
+        return self.out / CHECKPOINT
+
+    def save(self, **parts) -> None:
+        self.state.update(net=self.net.state_dict(), rng=self.generator.get_state(), **parts)
+        save_atomic(self.state, self.ckpt)
 
 
 def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | None = None,
                  teacher: tuple[nn.Module, float] | None = None, log: Callable[[str], None] = print,
                  ) -> Generator[dict, None, dict]:
+    run = _build(cfg, Path(out_dir), data, teacher, log)
+    yield from _joint_phase(run)
+    student = yield from _finetune_phase(run)
+    return _export(run, student)
+
+
+def _build(cfg: PruneConfig, out: Path, data: DataBundle | None, teacher, log) -> _Run:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = data or load_prune_data(cfg)
     t_model, t_acc = teacher or get_teacher(cfg, data, device, log)
-    out = Path(out_dir)  # created only once data and teacher are known good: bad input writes nothing
-    out.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(2, *data.input_size)
+    out.mkdir(parents=True, exist_ok=True)  # only once data and teacher are known good: bad input writes nothing
     base = copy.deepcopy(t_model).cpu().float()  # the pretrained weights seed every member
     for p in base.parameters():
         p.requires_grad_(True)
-    net = CascadeNet(base, cfg.cascade.ratios, example, score_init=cfg.cascade.score_init,
+    net = CascadeNet(base, cfg.cascade.ratios, torch.zeros(2, *data.input_size), score_init=cfg.cascade.score_init,
                      hint_layers=cfg.loss.hint_layers if cfg.loss.lambda_h > 0 else 0,
-                     route_scores=cfg.cascade.route_scores, budget=cfg.cascade.budget,
-                     round_to=cfg.cascade.round_to)
-    base_flops, base_params = net.base_cost  # the unpruned model's, counted as count_flops counts
-    net = prepare(net, device)
-    n = net.n
-    bs, s = cfg.data.batch_size, cfg.schedule
-    steps = max(1, len(data.train) // bs)
-    g = torch.Generator().manual_seed(cfg.seed)
-
-    opt_w, opt_s = _optimizers(net, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt_w, lambda k: lr_factor(k, steps, cfg.optim.restart_epochs, cfg.optim.restart_decay))
-    state: dict[str, Any] = {"phase": "joint", "epoch": 0, "history": [], "joint_member_acc": None}
-    ckpt = out / CHECKPOINT
-    if ckpt.exists():
-        state = load_checkpoint(ckpt)
-        net.load_state_dict(state["net"])
-        if state["phase"] == "joint":
-            opt_w.load_state_dict(state["opt_w"])
-            opt_s.load_state_dict(state["opt_s"])
-            sched.load_state_dict(state["sched"])
-        g.set_state(state["rng"])
-        log(f"resuming from {ckpt}: {state['phase']} phase, {state['epoch']} epochs done")
-    t_hooks, t_store = _hint_modules(t_model, net.hint_names)
-
-    # ---------------------------------------------------------------- joint phase
-    prev_masks = [m.detach().clone() for m in net.hard_masks()]
-    while state["phase"] == "joint" and state["epoch"] < s.joint_epochs:
-        t0 = time.time()
-        net.train()
-        sums: dict[str, torch.Tensor] = {}
-        for x, y in data.train.batches(bs, device, train=True, generator=g):
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                with torch.no_grad():
-                    t_logits = t_model(x)
-                t_feats = [t_store[k] for k in net.hint_names]
-                if net.hint_names:
-                    logits, feats = net(x, with_features=True)
-                else:
-                    logits, feats = net(x), None
-                terms = cascade_loss(logits, y, t_logits, tau=cfg.loss.tau, lambda_kd=cfg.loss.lambda_kd,
-                                     lambda_h=cfg.loss.lambda_h, feats=feats, teacher_feats=t_feats,
-                                     reduction=cfg.loss.member_reduction)
-            opt_w.zero_grad(set_to_none=True)
-            opt_s.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            opt_w.step()
-            opt_s.step()
-            sched.step()
-            for k, v in terms.items():  # summed on the device: no host synchronisation per step
-                sums[k] = sums.get(k, 0) + v.detach()
-        _check_finite(sums["loss"], "joint", state["epoch"] + 1)
-        state["epoch"] += 1
-        masks = [m.detach().clone() for m in net.hard_masks()]
-        accs = evaluate(net, data.val, device)
-        metrics = {"phase": "joint", "epoch": state["epoch"], "epochs": s.joint_epochs,
-                   "lr": sched.get_last_lr()[0], "epoch_time": time.time() - t0}
-        metrics.update({k: float(v) / steps for k, v in sums.items()})
-        for i in range(n):
-            flipped = sum(int((a[i] != b[i]).sum()) for a, b in zip(masks, prev_masks))
-            metrics[f"val_acc/m{i}"] = accs[i]
-            metrics[f"churn/m{i}"] = flipped / net.total_filters
-            metrics[f"kept/m{i}"] = sum(float(m[i].sum()) for m in masks) / net.total_filters
-        prev_masks = masks
-        state["joint_member_acc"] = accs
-        if state["epoch"] == s.joint_epochs:
-            state.update(phase="finetune", epoch=0)
-        state["history"].append(metrics)
-        _save(ckpt, state, net, opt_w, opt_s, sched, g)
-        yield metrics
-
-    for h in t_hooks:
-        h.remove()
-    # Member test accuracies and stats at the end of the joint phase (masked members).
-    member_test = evaluate(net, data.test, device)
-    member_stats = net.member_stats()
-
-    # ---------------------------------------------------------------- fine-tune phase
-    # The student is exported now (mask frozen, physically smaller, so fine-tuning is cheap) and trained
-    # with KD from a ladder of frozen teachers: the TAs (exported too) and then the pretrained model.
-    student = state.get("student") or net.export(0)
-    student = prepare(student, device)
-    ladder = [prepare(net.export(j), device).eval() for j in range(1, n)] + [t_model]
-    ladder_acc = list(state["joint_member_acc"][1:]) + [float(evaluate(t_model, data.val, device))]
-    for m in ladder[:-1]:
-        for p in m.parameters():
-            p.requires_grad_(False)
-    student_acc = state.get("student_val_acc", state["joint_member_acc"][0])
-    if "teacher_idx" in state:
-        ti = state["teacher_idx"]
-    else:  # the smallest member that is more accurate than the student (a weaker one teaches nothing)
-        ti = next((j for j, a in enumerate(ladder_acc) if a > student_acc), len(ladder) - 1)
-    # Hints between differently pruned modules: scatter each to full width at its kept channel positions.
-    masks = net.hard_masks()
-    kept = [_kept_bn_channels(net, masks, j, net.hint_names) for j in range(n)] + [None]
-    opt_f, _ = _optimizers(student, cfg)
-    sched_f = torch.optim.lr_scheduler.LambdaLR(
-        opt_f, lambda k: lr_factor(k, steps, cfg.optim.restart_epochs, cfg.optim.restart_decay))
-    if state["phase"] == "finetune" and "opt_f" in state:
-        opt_f.load_state_dict(state["opt_f"])
-        sched_f.load_state_dict(state["sched_f"])
-    while state["phase"] == "finetune" and state["epoch"] < s.finetune_epochs:
-        t0 = time.time()
-        student.train()
-        teacher_m = ladder[ti]
-        # hooks live only for the epoch's batches: a module holding them could not be pickled
-        hooks, s_store = _hint_modules(student, net.hint_names)
-        th, tstore = _hint_modules(teacher_m, net.hint_names)
-        sums = {}
-        for x, y in data.train.batches(bs, device, train=True, generator=g):
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                with torch.no_grad():
-                    t_logits = teacher_m(x)
-                logits = student(x)
-                feats = [_full_width(s_store[k], kept[0][k], net, k) for k in net.hint_names]
-                t_feats = [_full_width(tstore[k], kept[ti + 1][k] if kept[ti + 1] else None, net, k)
-                           for k in net.hint_names]
-                terms = member_loss(logits, y, t_logits, tau=cfg.loss.tau, lambda_kd=cfg.loss.lambda_kd,
-                                    lambda_h=cfg.loss.lambda_h, feats=feats, teacher_feats=t_feats)
-            opt_f.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            opt_f.step()
-            sched_f.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0) + v.detach()
-        for h in hooks + th:
-            h.remove()
-        _check_finite(sums["loss"], "finetune", state["epoch"] + 1)
-        state["epoch"] += 1
-        student_acc = float(evaluate(student, data.val, device))
-        metrics = {"phase": "finetune", "epoch": state["epoch"], "epochs": s.finetune_epochs,
-                   "lr": sched_f.get_last_lr()[0], "epoch_time": time.time() - t0, "val_acc/m0": student_acc,
-                   "teacher": "pretrained" if ti == len(ladder) - 1 else f"m{ti + 1}"}
-        metrics.update({k: float(v) / steps for k, v in sums.items()})
-        if student_acc > ladder_acc[ti] and ti < len(ladder) - 1:
-            ti += 1  # teacher swap: the student passed its teacher, move up the hierarchy
-            metrics["swap"] = 1
-        state.update(student=student, teacher_idx=ti, student_val_acc=student_acc,
-                     opt_f=opt_f.state_dict(), sched_f=sched_f.state_dict())
-        state["history"].append(metrics)
-        _save(ckpt, state, net, opt_w, opt_s, sched, g)
-        yield metrics
-
-    # ---------------------------------------------------------------- export and result
-    student = student.eval()
-    flops, params = count_flops(student, data.input_size)
-    acc = float(evaluate(student, data.test, device))         # reported, never used to select
-    val_acc = float(evaluate(student, data.val, device))      # what searches and benchmarks select on
-    student_cpu = student.cpu().float().to(memory_format=torch.contiguous_format)
-    torch.save(student_cpu, out / "student.pt")
-    if cfg.onnx:
-        torch.onnx.export(student_cpu, torch.zeros(1, *data.input_size), out / "student.onnx",
-                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
-    result = {
-        "accuracy": acc, "val_accuracy": val_acc, "flops": flops, "params": params, "base_flops": base_flops, "base_params": base_params,
-        "flops_reduction": 1 - flops / base_flops, "params_reduction": 1 - params / base_params,
-        "teacher_accuracy": t_acc, "accuracy_change": acc - t_acc,
-        "members": [{**st, "test_acc": member_test[i], "val_acc": state["joint_member_acc"][i]}
-                    for i, st in enumerate(member_stats)],
-        "kept_channels": member_stats[0]["kept_channels"],
-        "decisions": net.decisions(0),
-        "config": to_dict(cfg), "seed": cfg.seed, "history": state["history"],
-    }
-    (out / "result.json").write_text(json.dumps(result, indent=2))
-    return result
-
-
-def _check_finite(loss_sum: torch.Tensor, phase: str, epoch: int) -> None:
-    """A diverged run fails loudly (one sync per epoch) rather than training on NaNs."""
-    if not torch.isfinite(loss_sum).item():
-        raise FloatingPointError(f"loss is not finite in {phase} epoch {epoch}: lower the learning rate")
+                     route_scores=cfg.cascade.route_scores, budget=cfg.cascade.budget, round_to=cfg.cascade.round_to)
+    net = prepare(net, device, channels_last=False)
+    compile_ = device.type == "cuda" if cfg.compile is None else cfg.compile
+    if compile_:  # one compile cache for every run of this cache dir (the trials of a search share it)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.cache_dir or default_cache_dir()) / "inductor"))
+    run = _Run(cfg, out, data, device, t_model, t_acc, net,
+               {"phase": "joint", "epoch": 0, "history": [], "joint_member_acc": None},
+               max(1, len(data.train) // cfg.data.batch_size), torch.Generator().manual_seed(cfg.seed), compile_)
+    if run.ckpt.exists():
+        run.state = load_checkpoint(run.ckpt)
+        net.load_state_dict(run.state["net"])
+        run.generator.set_state(run.state["rng"])
+        log(f"resuming from {run.ckpt}: {run.state['phase']} phase, {run.state['epoch']} epochs done")
+    return run
 
 
 def _optimizers(model: nn.Module, cfg: PruneConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
     """SGD (Nesterov) on weights, BN and heads; the configured optimizer on the filter scores."""
     o = cfg.optim
-    score_ids = {id(p) for p in getattr(model, "scores", [])}
-    weights = [p for p in model.parameters() if id(p) not in score_ids and p.requires_grad]
-    opt_w = torch.optim.SGD(weights, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                            weight_decay=o.weight_decay)
-    if not score_ids:
+    scores = [model.scores] if isinstance(model, CascadeNet) else []
+    weights = [p for p in model.parameters() if p.requires_grad and all(p is not s for s in scores)]
+    opt_w = sgd(weights, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+    if not scores:
         return opt_w, None
-    scores = list(model.scores)
-    opt_s = {"rmsprop": lambda: torch.optim.RMSprop(scores, lr=o.score_lr),
-             "sgd": lambda: torch.optim.SGD(scores, lr=o.score_lr),
-             "adam": lambda: torch.optim.Adam(scores, lr=o.score_lr)}[o.score_optimizer]()
-    return opt_w, opt_s
+    opt_s = {"rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD, "adam": torch.optim.Adam}[o.score_optimizer]
+    return opt_w, opt_s(scores, lr=o.score_lr)
 
 
-def _save(path: Path, state: dict, net, opt_w, opt_s, sched, g) -> None:
-    state.update(net=net.state_dict(), rng=g.get_state())
-    if state["phase"] == "joint":
-        state.update(opt_w=opt_w.state_dict(), opt_s=opt_s.state_dict(), sched=sched.state_dict())
-    save_atomic(state, path)
+def _joint_phase(run: _Run) -> Generator[dict, None, None]:
+    """All members, shared weights, BNs, heads and scores train together; masks follow the scores every step."""
+    cfg, net, state = run.cfg, run.net, run.state
+    opt_w, opt_s = _optimizers(net, cfg)
+    sched = restarts(opt_w, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay)
+    if state["phase"] == "joint" and "opt_w" in state:
+        opt_w.load_state_dict(state["opt_w"])
+        opt_s.load_state_dict(state["opt_s"])
+        sched.load_state_dict(state["sched"])
+    lo = cfg.loss
+    with taps(run.teacher, net.hint_names) as t_store:
+        def loss_fn(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            with autocast(run.device):
+                with torch.no_grad():
+                    t_logits = main_output(run.teacher(x))
+                logits, feats = net(x, with_features=True) if net.hint_names else (net(x), None)
+                return cascade_loss(logits, y, t_logits, tau=lo.tau, lambda_kd=lo.lambda_kd, lambda_h=lo.lambda_h,
+                                    feats=feats, teacher_feats=[t_store[k] for k in net.hint_names],
+                                    reduction=lo.member_reduction)
+
+        step = Step(loss_fn, [opt_w, opt_s], [sched], compile=run.compile)
+        prev = net.eval().final_masks().clone()
+        while state["phase"] == "joint" and state["epoch"] < cfg.schedule.joint_epochs:
+            t0 = time.time()
+            net.train()
+            terms = train_epoch(step, run.data.train, run.device, batch_size=cfg.data.batch_size,
+                                generator=run.generator, name="joint", epoch=state["epoch"] + 1)
+            state["epoch"] += 1
+            accs = evaluate(net, run.data.val, run.device)  # eval mode: the final (filled) masks, once
+            masks = net.final_masks().clone()
+            churn = ((masks != prev).sum(1) / net.total_filters).tolist()
+            kept = (masks.sum(1) / net.total_filters).tolist()
+            prev = masks
+            metrics = {"phase": "joint", "epoch": state["epoch"], "epochs": cfg.schedule.joint_epochs,
+                       "lr": sched.get_last_lr()[0], "epoch_time": time.time() - t0, **terms}
+            for i in range(net.n):
+                metrics.update({f"val_acc/m{i}": accs[i], f"churn/m{i}": churn[i], f"kept/m{i}": kept[i]})
+            state["joint_member_acc"] = accs
+            if state["epoch"] == cfg.schedule.joint_epochs:
+                state.update(phase="finetune", epoch=0)
+            state["history"].append(metrics)
+            run.save(opt_w=opt_w.state_dict(), opt_s=opt_s.state_dict(), sched=sched.state_dict())
+            yield metrics
 
 
-def _kept_bn_channels(net: CascadeNet, masks: list[torch.Tensor], member: int,
-                      names: list[str]) -> dict[str, torch.Tensor]:
-    """For each named BN, the (full-width) channel indices that member keeps, in order."""
-    out = {}
-    for gi, g in enumerate(net.groups):
-        for bn, root_idx in g.bns:
-            if bn in names:
-                out[bn] = torch.tensor([c for c, r in enumerate(root_idx) if masks[gi][member, r] > 0])
-    return out
+def _hint_plans(run: _Run, teacher_member: int | None) -> list[HintPlan] | None:
+    """For the exported student and one ladder teacher (member j, or None for the pretrained model): the
+    channels each keeps at every hint point, as index tensors on the device (made once, not per step)."""
+    net = run.net
+    if not net.hint_names:
+        return None
+    plans = []
+    for _, bn in net.hint_points:
+        full = net.body.get_submodule(bn).num_features
+        t_kept = torch.arange(full) if teacher_member is None else net.kept_positions(teacher_member, bn)
+        plans.append(HintPlan(net.kept_positions(0, bn), t_kept, full, run.device))
+    return plans
 
 
-def _full_width(f: torch.Tensor, kept: torch.Tensor | None, net: CascadeNet, name: str) -> torch.Tensor:
-    """(B, C_kept, H, W) -> (B, C_full, H, W) with zeros where channels were pruned."""
-    if kept is None:
-        return f
-    full = f.new_zeros(f.shape[0], net.body.get_submodule(name).copies[0].num_features, *f.shape[2:])
-    full[:, kept.to(f.device)] = f
-    return full
+def _finetune_phase(run: _Run) -> Generator[dict, None, nn.Module]:
+    """The student is exported now (mask frozen, physically smaller, so fine-tuning is cheap) and trained with
+    KD from a ladder of frozen teachers, the exported TAs and then the pretrained model, starting from the
+    smallest one more accurate than the student and moving up when the student passes it (teacher swap)."""
+    cfg, net, state = run.cfg, run.net, run.state
+    net.eval()
+    state.setdefault("member_test", evaluate(net, run.data.test, run.device))  # masked members, end of joint
+    state.setdefault("member_stats", net.member_stats())
+    student = net.export(0)
+    if "student" in state:  # resuming: the same decisions give the same shapes, then the trained weights
+        student.load_state_dict(state["student"])
+    student = prepare(student, run.device)
+    ladder = [prepare(net.export(j), run.device).eval().requires_grad_(False) for j in range(1, net.n)] + [run.teacher]
+    ladder_acc = list(state["joint_member_acc"][1:]) + [float(evaluate(run.teacher, run.data.val, run.device))]
+    plans = [_hint_plans(run, j) for j in range(1, net.n)] + [_hint_plans(run, None)]
+    student_acc = state.get("student_val_acc", state["joint_member_acc"][0])
+    now = {"teacher": state.get("teacher_idx",
+                                next((j for j, a in enumerate(ladder_acc) if a > student_acc), len(ladder) - 1))}
+    opt, _ = _optimizers(student, cfg)
+    sched = restarts(opt, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay)
+    if state["phase"] == "finetune" and "opt_f" in state:
+        opt.load_state_dict(state["opt_f"])
+        sched.load_state_dict(state["sched_f"])
+    lo = cfg.loss
+    with ExitStack() as stack:
+        s_store = stack.enter_context(taps(student, net.hint_names))
+        t_stores = [stack.enter_context(taps(m, net.hint_names)) for m in ladder]
+
+        def loss_fn(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            ti = now["teacher"]
+            with autocast(run.device):
+                with torch.no_grad():
+                    t_logits = main_output(ladder[ti](x))
+                logits = main_output(student(x))
+                return member_loss(logits, y, t_logits, tau=lo.tau, lambda_kd=lo.lambda_kd, lambda_h=lo.lambda_h,
+                                   feats=[s_store[k] for k in net.hint_names],
+                                   teacher_feats=[t_stores[ti][k] for k in net.hint_names], plans=plans[ti])
+
+        step = Step(loss_fn, [opt], [sched], compile=run.compile)
+        while state["phase"] == "finetune" and state["epoch"] < cfg.schedule.finetune_epochs:
+            t0 = time.time()
+            student.train()
+            ti = now["teacher"]
+            terms = train_epoch(step, run.data.train, run.device, batch_size=cfg.data.batch_size,
+                                generator=run.generator, name="finetune", epoch=state["epoch"] + 1)
+            state["epoch"] += 1
+            student_acc = float(evaluate(student, run.data.val, run.device))
+            metrics = {"phase": "finetune", "epoch": state["epoch"], "epochs": cfg.schedule.finetune_epochs,
+                       "lr": sched.get_last_lr()[0], "epoch_time": time.time() - t0, "val_acc/m0": student_acc,
+                       "teacher": "pretrained" if ti == len(ladder) - 1 else f"m{ti + 1}", **terms}
+            if student_acc > ladder_acc[ti] and ti < len(ladder) - 1:
+                now["teacher"] = ti + 1  # teacher swap: the student passed its teacher, move up the hierarchy
+                metrics["swap"] = 1
+            state["history"].append(metrics)
+            run.save(student=student.state_dict(), teacher_idx=now["teacher"], student_val_acc=student_acc,
+                     opt_f=opt.state_dict(), sched_f=sched.state_dict())
+            yield metrics
+    return student
+
+
+def _export(run: _Run, student: nn.Module) -> dict:
+    """Measure the exported student (validation: what searches select on; test: reported), save it, and
+    write result.json."""
+    cfg, net, state, data = run.cfg, run.net, run.state, run.data
+    student = student.eval()
+    flops, params = count_flops(student, data.input_size)
+    acc = float(evaluate(student, data.test, run.device))         # reported, never used to select
+    val_acc = float(evaluate(student, data.val, run.device))      # what searches and benchmarks select on
+    student_cpu = student.cpu().float().to(memory_format=torch.contiguous_format)
+    torch.save(student_cpu, run.out / "student.pt")
+    if cfg.onnx:
+        torch.onnx.export(student_cpu, torch.zeros(1, *data.input_size), run.out / "student.onnx",
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
+    base_flops, base_params = net.base_cost  # the unpruned model's, counted as count_flops counts
+    result = {
+        "accuracy": acc, "val_accuracy": val_acc, "flops": flops, "params": params, "base_flops": base_flops,
+        "base_params": base_params, "flops_reduction": 1 - flops / base_flops,
+        "params_reduction": 1 - params / base_params, "teacher_accuracy": run.teacher_acc,
+        "accuracy_change": acc - run.teacher_acc,
+        "members": [{**st, "test_acc": state["member_test"][i], "val_acc": state["joint_member_acc"][i]}
+                    for i, st in enumerate(state["member_stats"])],
+        "kept_channels": state["member_stats"][0]["kept_channels"],
+        "decisions": net.decisions(0),
+        "config": to_dict(cfg), "seed": cfg.seed, "history": state["history"],
+    }
+    (run.out / "result.json").write_text(json.dumps(result, indent=2))
+    return result

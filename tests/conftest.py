@@ -36,7 +36,7 @@ def train_steps(net, steps: int, *, batch: int = 16, lr: float = 0.05, score_lr:
     from cascade.losses import cascade_loss
 
     weights = [p for n, p in net.named_parameters() if score_lr is None or not n.startswith("scores")]
-    opts = [torch.optim.SGD(weights, lr=lr)] + ([torch.optim.RMSprop(net.scores, lr=score_lr)] if score_lr else [])
+    opts = [torch.optim.SGD(weights, lr=lr)] + ([torch.optim.RMSprop([net.scores], lr=score_lr)] if score_lr else [])
     net.train()
     for _ in range(steps):
         x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
