@@ -73,9 +73,10 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, pad: int 
 
 
 class StreamSplit:
-    """An ImageFolder split streamed through DataLoader workers (ImageNet-size images)."""
+    """An ImageFolder split streamed through DataLoader workers (ImageNet-size images): the files at
+    ``indices`` (all when None) of ``root``, with the training or the test-time transform."""
 
-    def __init__(self, root: Path, train: bool, image_size: int, workers: int, subset: int | None, seed: int):
+    def __init__(self, root: Path, train: bool, image_size: int, workers: int, indices: list[int] | None = None):
         import torchvision.transforms as T
         from torchvision.datasets import ImageFolder
 
@@ -83,9 +84,7 @@ class StreamSplit:
         tf = (T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if train
               else T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm]))
         self.ds = ImageFolder(str(root), transform=tf)
-        self.indices = None
-        if subset is not None and subset < len(self.ds):
-            self.indices = torch.randperm(len(self.ds), generator=torch.Generator().manual_seed(seed))[:subset].tolist()
+        self.indices = indices
         self.workers = workers
 
     def __len__(self) -> int:
@@ -244,10 +243,20 @@ def _small_imagefolder(root: str | None, size: int) -> dict:
 
 
 def _stream_imagefolder(root, image_size, train_subset, test_subset, val_fraction, seed, workers) -> DataBundle:
+    """Validation is a held-out slice of the training FILES (never trained on), seen with the test transform."""
+    from torchvision.datasets import ImageFolder
+
     train_dir, test_dir = imagefolder_splits(root)
-    train = StreamSplit(train_dir, True, image_size, workers, train_subset, seed)
-    test = StreamSplit(test_dir, False, image_size, workers, test_subset, seed)
-    # Held-out validation for ImageNet-size sets: a slice of the test-time transform over training images.
-    val = StreamSplit(train_dir, False, image_size, workers,
-                      max(1, int(val_fraction * len(train))) if val_fraction > 0 else 1, seed + 1)
+    n_train = len(ImageFolder(str(train_dir)).samples)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n_train, generator=g).tolist()
+    n_val = int(round(val_fraction * n_train)) if val_fraction > 0 else 0
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if train_subset is not None:
+        train_idx = train_idx[:train_subset]
+    n_test = len(ImageFolder(str(test_dir)).samples)
+    test_idx = torch.randperm(n_test, generator=g)[:test_subset].tolist() if test_subset else None
+    train = StreamSplit(train_dir, True, image_size, workers, train_idx)
+    test = StreamSplit(test_dir, False, image_size, workers, test_idx)
+    val = StreamSplit(train_dir, False, image_size, workers, val_idx) if n_val else test
     return DataBundle(train, val, test, len(train.ds.classes), (3, image_size, image_size))

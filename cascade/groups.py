@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-__all__ = ["PruneGroup", "find_groups", "BN_TYPES"]
+__all__ = ["PruneGroup", "find_groups", "check_has_batchnorm", "BN_TYPES"]
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -40,13 +40,18 @@ def _grouped(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels)
 
 
-def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str]) -> list[PruneGroup]:
-    """The prunable channel groups of ``model`` (eval mode), or ValueError naming why there are none."""
-    names = {m: n for n, m in model.named_modules()}
+def check_has_batchnorm(model: nn.Module) -> None:
+    """Refuse, before any work (the model may even be on the meta device), a model with no BatchNorm."""
     if not any(isinstance(m, BN_TYPES) for m in model.modules()):
         conv = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), "?")
         raise ValueError(f"cannot prune: no BatchNorm in the model (the masks sit on BatchNorm outputs; "
                          f"conv {conv!r} has none after it)")
+
+
+def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str]) -> list[PruneGroup]:
+    """The prunable channel groups of ``model`` (eval mode), or ValueError naming why there are none."""
+    names = {m: n for n, m in model.named_modules()}
+    check_has_batchnorm(model)
     with torch.enable_grad():  # Torch-Pruning traces the graph through autograd
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     candidates, reasons = [], []

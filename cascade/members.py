@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .budget import BUDGETS, CostModel, _Layout, fill, threshold_masks
 from .flops import trace_layers
-from .groups import BN_TYPES, PruneGroup, find_groups
+from .groups import BN_TYPES, PruneGroup, check_has_batchnorm, find_groups
 from .masks import keep_count, route_to_teacher, straight_through
 
 __all__ = ["CascadeNet", "MemberBN", "MemberStem", "MemberHead", "validate_cascade", "SCORE_INITS", "apply_decisions",
@@ -211,6 +211,7 @@ class CascadeNet(nn.Module):
                  round_to: int = 1):
         super().__init__()
         validate_cascade(list(ratios), budget=budget, score_init=score_init, round_to=round_to)
+        check_has_batchnorm(model)
         self.budget, self.round_to = budget, int(round_to)
         self.ratios = [float(k) for k in ratios]
         self.n = n = len(ratios)

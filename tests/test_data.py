@@ -57,3 +57,20 @@ def test_missing_data_is_a_clear_error(tmp_path):
         load_data(name="cifar10", root=str(tmp_path))
     with pytest.raises(DataError, match="data.root: .* has no train/ folder"):
         load_data(name="imagefolder", root=str(tmp_path))
+
+
+def test_large_imagefolder_validation_is_held_out_training_files(tmp_path):
+    """Images over 64 px stream; their validation split is a slice of the training files never trained on."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("val", 2)):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{k}.jpg")
+    d = load_data(name="imagefolder", root=str(tmp_path), image_size=72, val_fraction=0.25, workers=0)
+    assert len(d.train) == 15 and len(d.val) == 5 and len(d.test) == 4
+    assert d.val.ds.root == d.train.ds.root                  # validation comes from the training folder ...
+    assert not set(d.train.indices) & set(d.val.indices)     # ... and is never trained on
+    assert sorted(d.train.indices + d.val.indices) == list(range(20))
+    x, _ = next(d.val.batches(8, torch.device("cpu"), train=False))
+    assert x.shape == (5, 3, 72, 72)

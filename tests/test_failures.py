@@ -3,11 +3,14 @@ MLflow with its error, never reaches the frontier, and never stops the other tri
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from search import run_search
 
 SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
+
+pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
 
 
 def test_diverging_trials_fail_cleanly_and_stay_off_the_frontier(tmp_path):

@@ -12,6 +12,7 @@ from cascade.train import load_prune_data
 from conftest import TINY
 
 
+@pytest.mark.slow
 def test_prune_on_digits_removes_filters_cuts_flops_and_learns(tmp_path):
     cfg = load_prune_config(None, TINY + ["cascade.ratios=[0.6,0.3,0.0]", "cascade.budget=filters"])
     r = run_prune(cfg, tmp_path, log=lambda s: None)
@@ -33,6 +34,7 @@ def test_prune_on_digits_removes_filters_cuts_flops_and_learns(tmp_path):
     assert evaluate(model, data.test, resolve_device("cpu")) == pytest.approx(r["accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     cfg = load_prune_config(None, TINY + ["schedule.joint_epochs=3", "cascade.ratios=[0.5,0.0]"])
     gen = prune_epochs(cfg, tmp_path, log=lambda s: None)

@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
 
 SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
+
+pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
 
 
 def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):

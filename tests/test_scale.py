@@ -19,6 +19,8 @@ from search import run_search
 SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
 TINY = {"teacher.epochs": 2, "budget.joint_epochs": 1, "budget.finetune_epochs": 1, "sampler.name": "random"}
 
+pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -23,6 +23,7 @@ def smoke(tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_every_smoke_trial_finishes(smoke):
     assert len(smoke.trials) == 3
     assert [t["status"] for t in smoke.trials] == ["finished"] * 3
@@ -35,6 +36,7 @@ def test_every_smoke_trial_finishes(smoke):
     assert not (Path.cwd() / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
     client = MlflowClient(smoke.tracking_uri)
     parent = client.get_run(smoke.parent_run_id)
@@ -55,6 +57,7 @@ def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
         assert len(history) == 2  # one point per epoch (1 joint + 1 fine-tune)
 
 
+@pytest.mark.slow
 def test_frontier_is_the_non_dominated_set_of_finished_trials(smoke):
     done = [t for t in smoke.trials if t["status"] == "finished"]
     expect = {done[i]["trial_id"] for i in pareto_front([(t["accuracy"], t["flops"]) for t in done], ["max", "min"])}
@@ -64,6 +67,7 @@ def test_frontier_is_the_non_dominated_set_of_finished_trials(smoke):
     assert smoke.best(max_flops=0) is None
 
 
+@pytest.mark.slow
 def test_logged_student_loads_and_reproduces_its_accuracy(smoke):
     t = smoke.frontier[0]
     mlflow.set_tracking_uri(smoke.tracking_uri)
@@ -74,6 +78,7 @@ def test_logged_student_loads_and_reproduces_its_accuracy(smoke):
     assert sum(p.numel() for p in model.parameters()) < t["base_params"]
 
 
+@pytest.mark.slow
 def test_frontier_command_reprints_the_table(smoke, capsys):
     assert main(["frontier", str(smoke.run_dir), "--budget", "1e9"]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,71 @@
+"""Every classification model in torchvision: a cascade is built and exported with masked == exported, or
+the model is refused up front with one line naming the reason and the layer. Never a crash.
+
+Random-init weights, the smallest input each model accepts, two members, a few images: the sweep checks the
+machinery (groups, composite BN masks, stems, heads, activations), not accuracy."""
+import pytest
+import torch
+import torchvision
+
+from cascade import CascadeNet, count_flops
+
+MODELS = torchvision.models.list_models(module=torchvision.models)
+SIZES = (32, 64, 96, 160, 224)
+
+
+def smallest_input(model: torch.nn.Module) -> int | None:
+    """The smallest of SIZES that an eval forward accepts."""
+    for s in SIZES:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, s, s))
+            return s
+        except (RuntimeError, ValueError, AssertionError, IndexError):
+            continue
+    return None
+
+
+def build(name: str):
+    """(CascadeNet, input size) or (reason, None) for a refused model."""
+    with torch.device("meta"):  # the refusal needs no weights: decide it before allocating any
+        meta = torchvision.models.get_model(name, weights=None, num_classes=10)
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in meta.modules()):
+        with pytest.raises(ValueError, match=r"cannot prune: no BatchNorm .*'") as e:
+            CascadeNet(meta, [0.5, 0.0], torch.zeros(1, 3, 32, 32, device="meta"))
+        return str(e.value), None
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    size = smallest_input(model)
+    assert size is not None, f"{name}: no input size in {SIZES} works"
+    try:
+        return CascadeNet(model, [0.5, 0.0], torch.zeros(1, 3, size, size), budget="flops"), size
+    except ValueError as e:
+        msg = str(e)
+        assert msg.startswith("cannot prune:") and "'" in msg and "\n" not in msg, msg  # one line, names a layer
+        return msg, None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_torchvision_model_is_pruned_or_refused(name, record_property):
+    net, size = build(name)
+    if size is None:
+        record_property("outcome", f"refused: {net}")
+        return
+    x = torch.randn(4, 3, size, size)
+    net.train()
+    with torch.no_grad():  # calibrate the member BNs on a few images, as training would
+        for _ in range(2):
+            net(x)
+    net.eval()
+    with torch.no_grad():
+        masked = net(x)
+    exported = net.export(0).eval()
+    with torch.no_grad():
+        out = exported(x)
+    spread = masked[0].std().item() + 1e-6
+    assert (out - masked[0]).abs().max().item() / spread < 1e-3, name
+    flops, _ = count_flops(exported, (3, size, size))
+    assert flops < net.base_cost[0] and flops <= net.targets[0], name
+    assert (flops, count_flops(exported, (3, size, size))[1]) == net.member_cost(0)
+    record_property("outcome", f"pruned at {size}px: -{1 - flops / net.base_cost[0]:.0%} FLOPs")
