@@ -53,8 +53,8 @@ class CostModel(nn.Module):
                 dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
                 rows.append((shape[2] * shape[3] * kk, kk, dw, m.groups, m.bias is not None,
                              m.in_channels, m.out_channels))
-            else:
-                rows.append((1, 1, False, 1, m.bias is not None, m.in_features, m.out_features))
+            else:  # a Linear over (B, ..., F): once per position of the middle dims (tokens)
+                rows.append((math.prod(shape[1:-1]), 1, False, 1, m.bias is not None, m.in_features, m.out_features))
         for gi, g in enumerate(groups):
             for name, direction, roots in g.layers:
                 if name in index:

@@ -28,11 +28,13 @@ def trace_layers(model: nn.Module, example_input: torch.Tensor) -> list[tuple[st
 def count_flops(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> tuple[int, int]:
     """Return ``(flops, params)`` for one input of ``input_size`` (C, H, W).
 
-    FLOPs are conv/linear MACs (no bias, BN or activation); params are the conv/linear weights and biases.
+    FLOPs are conv/linear MACs (no bias, BN or activation); params are the weights and biases of the conv/linear
+    layers an eval forward runs (a train-only auxiliary head is not part of the deployed model).
     """
     p = next(model.parameters())
     flops = 0
-    for _, m, shape in trace_layers(model, torch.zeros(1, *input_size, device=p.device, dtype=p.dtype)):
+    calls = trace_layers(model, torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
+    for _, m, shape in calls:
         out_elems = 1
         for d in shape[1:]:
             out_elems *= d
@@ -40,6 +42,6 @@ def count_flops(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> 
             flops += out_elems * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
         else:
             flops += out_elems * m.in_features
-    params = sum(p.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-                 for p in m.parameters(recurse=False))
+    used = {id(m): m for _, m, _ in calls}.values()  # layers the forward runs (not train-only auxiliary heads)
+    params = sum(p.numel() for m in used for p in m.parameters(recurse=False))
     return int(flops), int(params)

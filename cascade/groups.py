@@ -7,6 +7,8 @@ masking its channels at the BatchNorms' outputs is exact, i.e. computes what rem
 - it touches at least one BatchNorm (the mask sits on BN outputs, so a masked channel is exactly zero);
 - it touches no grouped (non-depthwise) convolution: Torch-Pruning removes channels from those only
   uniformly across the conv's groups, which one global threshold does not give;
+- it touches no other layer with parameters (LayerNorm, GroupNorm, attention): the mask and the cost model
+  know convs, linears and BatchNorms only;
 - zeroing its BN outputs zeroes every input channel its consumers read (checked by a forward pass, below):
   a channel that reaches a consumer by a path without a masked BN (an un-normalised skip, say) would leak.
 
@@ -52,14 +54,19 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str
     """The prunable channel groups of ``model`` (eval mode), or ValueError naming why there are none."""
     names = {m: n for n, m in model.named_modules()}
     check_has_batchnorm(model)
-    with torch.enable_grad():  # Torch-Pruning traces the graph through autograd
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    try:
+        with torch.enable_grad():  # Torch-Pruning traces the graph through autograd
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    except Exception as e:  # e.g. a channel shuffle (a reshape that mixes channels): Torch-Pruning cannot map it
+        raise ValueError(f"cannot prune: Torch-Pruning cannot trace the channel dependencies of "
+                         f"{type(model).__name__!r} ({type(e).__name__}: {' '.join(str(e).split())[:120]}; "
+                         f"channel shuffles and other channel-mixing reshapes are not supported)") from None
     candidates, reasons = [], []
     for group in dg.get_all_groups(ignored_layers=[model.get_submodule(n) for n in ignored],
                                    root_module_types=[nn.Conv2d]):
         root = group[0].dep.target.module
         g = PruneGroup(names[root], root.out_channels, [])
-        grouped = None
+        grouped = other = None
         for item in group.items:
             mod, fn = item.dep.target.module, item.dep.handler
             pairs = sorted(zip(item.idxs, item.root_idxs))  # (target position, root channel)
@@ -73,10 +80,14 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str
                     g.in_positions[names[mod]] = [p for p, _ in pairs]
                 if _grouped(mod):
                     grouped = names[mod]
+            elif isinstance(mod, nn.Module) and mod in names and any(True for _ in mod.parameters(recurse=False)):
+                other = other or names[mod]  # LayerNorm, GroupNorm, attention: neither masked nor costed here
         if not g.bns:
             reasons.append(f"conv {g.root!r} has no BatchNorm after it")
         elif grouped:
             reasons.append(f"conv {g.root!r} feeds the grouped convolution {grouped!r}")
+        elif other:
+            reasons.append(f"conv {g.root!r} is coupled with {other!r}, neither a conv, a linear nor a BatchNorm")
         else:
             candidates.append(g)
     groups, leaks = _exact_groups(model, example_input, candidates)
@@ -85,6 +96,13 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str
         why = reasons[0] if reasons else "every conv is coupled with the stem or the head"
         raise ValueError(f"cannot prune: no channel group can be masked exactly ({why})")
     return groups
+
+
+def _channels_first(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A layer's input as (batch, channel positions, rest): a Linear reads its features on the last dim."""
+    if isinstance(layer, nn.Linear) and x.dim() > 2:
+        x = x.movedim(-1, 1)
+    return x.flatten(2) if x.dim() > 2 else x
 
 
 @torch.no_grad()
@@ -115,8 +133,7 @@ def _exact_groups(model: nn.Module, example_input: torch.Tensor, groups: list[Pr
         hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: bn_hook(m, i, o, n))
                  for n in masks]
         hooks += [model.get_submodule(n).register_forward_pre_hook(
-                  lambda m, i, n=n: inputs.__setitem__(n, i[0].flatten(2) if i[0].dim() > 2 else i[0]))
-                  for n in consumers]
+                  lambda m, i, n=n: inputs.__setitem__(n, _channels_first(m, i[0]))) for n in consumers]
         try:
             model(x0.expand(len(part) + 1, *x0.shape[1:]).contiguous())
         finally:
@@ -124,7 +141,8 @@ def _exact_groups(model: nn.Module, example_input: torch.Tensor, groups: list[Pr
                 h.remove()
         for j, g in enumerate(part):
             leak = next((name for name, pos in g.in_positions.items()
-                         if inputs[name][j + 1, pos].abs().max() > 0), None)
+                         if inputs[name].shape[0] != len(part) + 1 or max(pos) >= inputs[name].shape[1]
+                         or inputs[name][j + 1, pos].abs().max() > 0), None)
             if leak is None:
                 kept.append(g)
             else:
