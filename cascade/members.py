@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .budget import BUDGETS, CostModel, _Layout, fill, threshold_masks
+from .budget import BUDGETS, CostModel, _Layout, fill, group_counts, threshold_masks
 from .flops import trace_layers
 from .groups import BN_TYPES, PruneGroup, check_has_batchnorm, find_groups
 from .masks import keep_count, route_to_teacher, straight_through
@@ -233,8 +233,8 @@ class CascadeNet(nn.Module):
         self.register_buffer("group_of", torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)),
                              persistent=False)
         self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
-        self.cost_model = CostModel.build(body, example_input, self.groups, offsets)
-        flops, params = self.cost_model.cost(torch.ones(1, f))
+        self.cost_model = CostModel.build(body, example_input, self.groups)
+        flops, params = self.cost_model.cost(self.sizes)
         self.base_cost = (int(flops), int(params))
         self.keep = [keep_count(k, f, min_keep=len(self.groups)) for k in self.ratios]
         idx = 1 if budget == "params" else 0
@@ -387,14 +387,18 @@ class CascadeNet(nn.Module):
     def member_cost(self, i: int, masks: torch.Tensor | None = None) -> tuple[int, int]:
         """Member i's exact (FLOPs, params) once exported (final masks unless given)."""
         masks = self.final_masks() if masks is None else masks
-        flops, params = self.cost_model.cost(masks[i:i + 1])
+        flops, params = self.cost_model.cost(self.counts(masks[i]))
         return int(flops), int(params)
+
+    def counts(self, masks: torch.Tensor) -> torch.Tensor:
+        """masks (..., F) -> kept filters per group (..., G)."""
+        return group_counts(masks, self.group_of, len(self.groups))
 
     def member_stats(self) -> list[dict]:
         """Per member: ratio, budget, kept-filter fraction, requested and achieved FLOPs/params (and their
         ratio), kept channels per group."""
         masks = self.final_masks()
-        flops, params = (t.tolist() for t in self.cost_model.cost(masks))
+        flops, params = (t.tolist() for t in self.cost_model.cost(self.counts(masks)))
         kept = self.group_masks(masks.cpu())
         out = []
         for i in range(self.n):

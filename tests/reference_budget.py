@@ -30,8 +30,7 @@ def global_topk(scores: list[torch.Tensor], keep: int, round_to: int = 1) -> lis
 
 def bisect_masks(scores: list[torch.Tensor], cost, target: float, kind: str, round_to: int = 1) -> list[torch.Tensor]:
     """The most filters (global top-K) whose cost is at most ``target``, by bisection on K."""
-    idx = 0 if kind == "flops" else 1
-    price = lambda masks: int(cost.cost(torch.cat(masks)[None])[idx][0])  # noqa: E731
+    price = lambda masks: float(cost.price(torch.tensor([float(m.sum()) for m in masks]), kind))  # noqa: E731
     lo, hi = len(scores), sum(s.numel() for s in scores)
     full = global_topk(scores, hi, round_to)
     if price(full) <= target:

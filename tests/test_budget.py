@@ -24,7 +24,7 @@ def _check_filled(net, kind):
     """Every member: cost <= target, and the slack is below the cheapest filter it could still add (each
     filter's full-width cost bounds its cost at any mask), so no filter that fits was left out."""
     idx = 0 if kind == "flops" else 1
-    granularity = net.cost_model.marginal_full(kind)                 # (F,) int64
+    granularity = net.cost_model.granularity(net.sizes, kind)[net.group_of]  # (F,) each filter's largest cost
     masks = net.final_masks()
     for i, target in enumerate(net.targets):
         cost = net.member_cost(i)[idx]

@@ -111,3 +111,113 @@ def test_bad_ratios_are_rejected():
     for ratios, msg in [([0.5, 0.6], "decrease"), ([1.0], r"\[0, 1\)"), ([], "at least one")]:
         with pytest.raises(ValueError, match=msg):
             CascadeNet(m, ratios, torch.zeros(1, 3, 32, 32))
+
+
+def test_fused_member_ops_equal_one_module_per_member():
+    """MemberBN / MemberStem / MemberHead (one call for all members) give the outputs, gradients and running
+    statistics of N separate plain modules applied to each member's rows (row b*N + i is member i's image b)."""
+    from cascade.members import MemberBN, MemberHead, MemberStem
+
+    torch.manual_seed(0)
+    n, b = 3, 4
+    bn = MemberBN(torch.nn.BatchNorm2d(5), n)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    mask = torch.tensor([[1, 0, 1, 1, 0], [1, 1, 0, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.float32, requires_grad=True)
+    plain = [bn.member(i) for i in range(n)]
+    for p in plain:
+        p.weight.data, p.bias.data = p.weight.data.clone(), p.bias.data.clone()
+    x = torch.randn(b * n, 5, 6, 6, requires_grad=True)
+    bn.mask = mask.reshape(-1)
+    y = bn.train()(x)
+    xs = x.detach().view(b, n, 5, 6, 6).unbind(1)
+    xs = [xi.clone().requires_grad_(True) for xi in xs]
+    ms = [mask[i].detach().clone().requires_grad_(True) for i in range(n)]
+    ys = [p.train()(xi) * mi.view(1, -1, 1, 1) for p, xi, mi in zip(plain, xs, ms)]
+    assert torch.allclose(y.view(b, n, 5, 6, 6), torch.stack(ys, 1), atol=1e-5)
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.autograd.backward(ys, list(g.view(b, n, 5, 6, 6).unbind(1)))
+    for i in range(n):
+        assert torch.allclose(x.grad.view(b, n, 5, 6, 6)[:, i], xs[i].grad, atol=1e-5)
+        assert torch.allclose(mask.grad[i], ms[i].grad, atol=1e-4)
+        assert torch.allclose(bn.weight.grad.view(n, 5)[i] * mask[i], plain[i].weight.grad * mask[i], atol=1e-4)
+        assert torch.allclose(bn.running_mean.view(n, 5)[i], plain[i].running_mean, atol=1e-6)
+        assert torch.allclose(bn.running_var.view(n, 5)[i], plain[i].running_var, atol=1e-6)
+
+    stem = MemberStem(torch.nn.Conv2d(3, 4, 3, padding=1), n)
+    with torch.no_grad():
+        stem.conv.weight.add_(torch.randn_like(stem.conv.weight))
+    img = torch.randn(b, 3, 8, 8)
+    out = stem(img).view(b, n, 4, 8, 8)
+    for i in range(n):
+        assert torch.allclose(out[:, i], stem.member(i)(img), atol=1e-5)
+
+    head = MemberHead(torch.nn.Linear(6, 2), n)
+    with torch.no_grad():
+        head.weight.add_(torch.randn_like(head.weight))
+    feats = torch.randn(b * n, 6)
+    logits = head(feats).view(b, n, 2)
+    for i in range(n):
+        assert torch.allclose(logits[:, i], head.member(i)(feats.view(b, n, 6)[:, i]), atol=1e-5)
+
+
+def test_relu6_passes_the_gradient_at_zero():
+    from cascade.members import ReLU6PassZero, ReLUPassZero
+
+    for act in (ReLUPassZero(), ReLU6PassZero()):
+        x = torch.tensor([-1.0, 0.0, 2.0, 7.0], requires_grad=True)
+        act(x).sum().backward()
+        assert torch.equal(act(x.detach()), torch.nn.ReLU6()(x.detach()) if isinstance(act, ReLU6PassZero)
+                           else torch.relu(x.detach()))
+        assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0 if isinstance(act, ReLUPassZero) else 0.0]
+
+
+class _Concat(torch.nn.Module):
+    """Two convs concatenated into one BatchNorm (as in DenseNet): that BN's channels come from two groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.a = torch.nn.Conv2d(8, 6, 3, padding=1, bias=False)
+        self.b = torch.nn.Conv2d(8, 4, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(10)
+        self.conv = torch.nn.Conv2d(10, 12, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(12)
+        self.fc = torch.nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        x = torch.relu(self.bn2(self.conv(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_batchnorm_fed_by_a_concatenation_composes_its_mask_from_every_group():
+    torch.manual_seed(0)
+    net = train_steps(CascadeNet(_Concat(), [0.5, 0.0], torch.zeros(1, 3, 8, 8), budget="filters"), 2)
+    assert sorted(g.root for g in net.groups if any(bn == "bn" for bn, _ in g.bns)) == ["a", "b"]
+    net.eval()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        masked = net(x)[0]
+        assert (net.export(0).eval()(x) - masked).abs().max() < 1e-5
+
+
+def test_a_model_without_batchnorm_is_refused_naming_a_layer():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    with pytest.raises(ValueError, match=r"^cannot prune: no BatchNorm .*conv '0'"):
+        CascadeNet(model, [0.5], torch.zeros(1, 3, 16, 16))
+
+
+def test_hint_points_are_the_last_blocks():
+    """VGG: its last three conv layers (their BN outputs); ResNet-50: its last three residual blocks."""
+    vgg = CascadeNet(create_model("vgg16_cifar", width=0.25), [0.5], torch.zeros(1, 3, 32, 32))
+    assert vgg.hint_names == ["features.35", "features.38", "features.41"]  # the last three BNs
+    assert all(type(vgg.body.get_submodule(n)).__name__ == "MemberBN" for n in vgg.hint_names)
+    r50 = CascadeNet(create_model("torchvision:resnet50", num_classes=10), [0.5], torch.zeros(1, 3, 32, 32))
+    assert r50.hint_names == ["layer4.0", "layer4.1", "layer4.2"]
+    _, feats = r50.train()(torch.randn(2, 3, 32, 32), with_features=True)
+    assert [f.shape for f in feats[0]] == [torch.Size([2, 2048, 1, 1])] * 3
