@@ -17,12 +17,13 @@ A model with no such group is refused with one line naming the reason and the la
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-__all__ = ["PruneGroup", "find_groups", "check_has_batchnorm", "BN_TYPES"]
+__all__ = ["PruneGroup", "find_groups", "check_has_batchnorm", "remove_channels", "BN_TYPES"]
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -36,6 +37,8 @@ class PruneGroup:
     bn_positions: dict[str, list[int]] = field(default_factory=dict)  # BatchNorm name -> its positions
     layers: list[tuple[str, str, list[int]]] = field(default_factory=list)  # (conv/linear, "in"|"out", root idx)
     in_positions: dict[str, list[int]] = field(default_factory=dict)   # consumer name -> input positions
+    items: list[tuple[str, Callable, list[int], list[int]]] = field(default_factory=list)  # (layer, Torch-Pruning
+    # function that removes its channels, positions, root channel of each position) for every layer with weights
 
 
 def _grouped(m: nn.Module) -> bool:
@@ -70,6 +73,8 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str
         for item in group.items:
             mod, fn = item.dep.target.module, item.dep.handler
             pairs = sorted(zip(item.idxs, item.root_idxs))  # (target position, root channel)
+            if isinstance(mod, (nn.Conv2d, nn.Linear) + BN_TYPES):
+                g.items.append((names[mod], fn, [p for p, _ in pairs], [r for _, r in pairs]))
             if isinstance(mod, BN_TYPES):
                 g.bns.append((names[mod], [r for _, r in pairs]))
                 g.bn_positions[names[mod]] = [p for p, _ in pairs]
@@ -148,3 +153,19 @@ def _exact_groups(model: nn.Module, example_input: torch.Tensor, groups: list[Pr
             else:
                 leaks.append(f"masking conv {g.root!r} at its BatchNorms does not zero the input of {leak!r}")
     return kept, leaks
+
+
+def remove_channels(model: nn.Module, groups: list[PruneGroup], kept: dict[str, list[int]]) -> nn.Module:
+    """Physically remove, in place, every channel of each group whose root channel is not in ``kept[root]``,
+    with Torch-Pruning's own layer functions. Positions are those of the unpruned model, so each layer's
+    removals from every group are gathered first and applied in one call (a depthwise conv's in and out
+    channels are one removal)."""
+    removals: dict[tuple[str, Callable], set[int]] = {}
+    for g in groups:
+        drop = set(range(g.size)) - set(kept.get(g.root, range(g.size)))
+        for name, fn, positions, roots in g.items:
+            removals.setdefault((name, fn), set()).update(p for p, r in zip(positions, roots) if r in drop)
+    for (name, fn), positions in removals.items():
+        if positions:
+            fn(model.get_submodule(name), sorted(positions))
+    return model

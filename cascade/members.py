@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .budget import BUDGETS, CostModel, _Layout, fill, group_counts, threshold_masks
 from .flops import trace_layers
-from .groups import BN_TYPES, PruneGroup, check_has_batchnorm, find_groups
+from .groups import BN_TYPES, PruneGroup, check_has_batchnorm, find_groups, remove_channels
 from .masks import keep_count, route_to_teacher, straight_through
 
 __all__ = ["CascadeNet", "MemberBN", "MemberStem", "MemberHead", "validate_cascade", "SCORE_INITS", "apply_decisions",
@@ -382,7 +382,7 @@ class CascadeNet(nn.Module):
     def export(self, i: int = 0) -> nn.Module:
         """Member i as a plain, physically smaller ``nn.Module`` (Torch-Pruning removes the filters,
         their BN channels and the next layers' input channels). Eval outputs equal the masked member's."""
-        return apply_decisions(self.plain_member(i), self.decisions(i), self.input_size)
+        return remove_channels(self.plain_member(i), self.groups, self.decisions(i))
 
     def member_cost(self, i: int, masks: torch.Tensor | None = None) -> tuple[int, int]:
         """Member i's exact (FLOPs, params) once exported (final masks unless given)."""
@@ -452,18 +452,11 @@ def _hint_points(body: nn.Module, example_input: torch.Tensor, k: int) -> list[t
 
 
 def apply_decisions(model: nn.Module, decisions: dict[str, list[int]], input_size: tuple[int, ...]) -> nn.Module:
-    """Physically prune ``model`` in place so each named root conv keeps only the listed output channels."""
-    import torch_pruning as tp
-
-    p = next(model.parameters())
+    """Physically prune a fresh copy of the architecture ``model`` in place so each named root conv keeps only
+    the listed output channels (``result.json``'s decisions): the groups are found again, then removed."""
+    example = torch.zeros(1, *input_size, device=next(model.parameters()).device)
     was_training = model.training
-    model.eval()
-    with torch.enable_grad():  # Torch-Pruning traces the graph through autograd
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_size, device=p.device))
-    for root, kept in decisions.items():
-        conv = model.get_submodule(root)
-        drop = sorted(set(range(conv.out_channels)) - set(kept))
-        if drop:
-            dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=drop).prune()
-    model.train(was_training)
-    return model
+    calls = trace_layers(model.eval(), example)
+    groups = find_groups(model, example, ignored=[calls[0][0], calls[-1][0]])
+    remove_channels(model, [g for g in groups if g.root in decisions], decisions)
+    return model.train(was_training)

@@ -3,6 +3,7 @@ import torch
 
 from cascade import CascadeNet, count_flops, create_model
 from cascade.masks import keep_count, route_to_teacher
+from cascade.members import apply_decisions
 from reference_budget import global_topk
 from cascade.losses import cascade_loss
 from conftest import train_steps
@@ -36,6 +37,10 @@ def test_exported_member_equals_masked_member(name):
         # exactly the decided channels survive, group by group
         for root, kept in net.decisions(i).items():
             assert exported.get_submodule(root).out_channels == len(kept)
+        # the saved decisions rebuild the same student from the unpruned member
+        rebuilt = apply_decisions(net.plain_member(i), net.decisions(i), (3, 32, 32)).eval()
+        with torch.no_grad():
+            assert torch.equal(rebuilt(x), exported(x))
 
 
 @pytest.mark.parametrize("name", MODELS)
