@@ -39,13 +39,18 @@ def test_augment_is_a_shifted_possibly_flipped_copy():
     assert not torch.equal(out, x)
 
 
-def test_imagefolder_layout(tmp_path):
+def _image_folder(root, splits: dict[str, int], shape: tuple[int, int]) -> None:
+    """Random JPEGs: ``splits[name]`` images per class (cat, dog) under root/name/<class>/."""
     rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 2)):
+    for split, n in splits.items():
         for c in ("cat", "dog"):
-            (tmp_path / split / c).mkdir(parents=True)
+            (root / split / c).mkdir(parents=True)
             for k in range(n):
-                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{k}.jpg")
+                Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(root / split / c / f"{k}.jpg")
+
+
+def test_imagefolder_layout(tmp_path):
+    _image_folder(tmp_path, {"train": 6, "test": 2}, (20, 24))
     d = load_data(name="imagefolder", root=str(tmp_path), image_size=16, val_fraction=0.25)
     assert d.num_classes == 2 and d.input_size == (3, 16, 16)
     assert len(d.train) + len(d.val) == 12 and len(d.test) == 4
@@ -61,12 +66,7 @@ def test_missing_data_is_a_clear_error(tmp_path):
 
 def test_large_imagefolder_validation_is_held_out_training_files(tmp_path):
     """Images over 64 px stream; their validation split is a slice of the training files never trained on."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 10), ("val", 2)):
-        for c in ("cat", "dog"):
-            (tmp_path / split / c).mkdir(parents=True)
-            for k in range(n):
-                Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{k}.jpg")
+    _image_folder(tmp_path, {"train": 10, "val": 2}, (80, 80))
     d = load_data(name="imagefolder", root=str(tmp_path), image_size=72, val_fraction=0.25, workers=0)
     assert len(d.train) == 15 and len(d.val) == 5 and len(d.test) == 4
     assert d.val.ds.root == d.train.ds.root                  # validation comes from the training folder ...
