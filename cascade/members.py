@@ -218,6 +218,7 @@ class CascadeNet(nn.Module):
         self.input_size = tuple(example_input.shape[1:])
         body = copy.deepcopy(model).cpu().eval()
         example_input = example_input[:1].cpu()
+        self.dropped_heads = _drop_train_only_heads(body, example_input)
         calls = trace_layers(body, example_input)
         (self.stem_name, stem, _), (self.head_name, head, _) = calls[0], calls[-1]
         if not isinstance(stem, nn.Conv2d) or stem.groups != 1:
@@ -411,6 +412,38 @@ class CascadeNet(nn.Module):
                         "budget_used": achieved / self.targets[i] if self.budget != "filters" else None,
                         "kept_channels": {g.root: int(kept[gi][i].sum()) for gi, g in enumerate(self.groups)}})
         return out
+
+
+def _drop_train_only_heads(body: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Remove the auxiliary heads that only training runs (GoogLeNet's aux1/aux2, Inception's AuxLogits): the
+    cascade's loss reads the main logits only, so they would cost compute, BN statistics and student size.
+    A head is a child module with weights that an eval forward never calls; it is set to None where the
+    model's train-mode forward then still runs (torchvision checks ``head is not None``), and kept otherwise."""
+    called: set[nn.Module] = set()
+    hooks = [m.register_forward_hook(lambda m, i, o: called.add(m)) for m in body.modules()]
+    try:
+        with torch.no_grad():
+            body(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    dropped = []
+    for name, m in list(body.named_modules()):
+        if not name or m in called or any(name.startswith(d + ".") for d in dropped):
+            continue
+        parent_name, _, leaf = name.rpartition(".")
+        parent = body.get_submodule(parent_name) if parent_name else body
+        if parent in called and any(True for _ in m.parameters()):
+            setattr(parent, leaf, None)
+            try:
+                with torch.no_grad():
+                    body.train()(example_input.expand(2, *example_input.shape[1:]))
+                dropped.append(name)
+            except Exception:
+                setattr(parent, leaf, m)
+            finally:
+                body.eval()
+    return dropped
 
 
 def _hint_points(body: nn.Module, example_input: torch.Tensor, k: int) -> list[tuple[str, str]]:
