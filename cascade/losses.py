@@ -78,13 +78,14 @@ def cascade_loss(logits: list[torch.Tensor], labels: torch.Tensor, teacher_logit
     """
     n = len(logits)
     out: dict[str, torch.Tensor] = {}
-    total = 0.0
+    losses = []
     for i in range(n):
         t_logits = logits[i + 1] if i + 1 < n else teacher_logits
         t_feats = (feats[i + 1] if i + 1 < n else teacher_feats) if feats else None
         terms = member_loss(logits[i], labels, t_logits, tau=tau, lambda_kd=lambda_kd, lambda_h=lambda_h,
                             feats=feats[i] if feats else None, teacher_feats=t_feats)
         out.update({f"m{i}/{k}": v.detach() for k, v in terms.items()})
-        total = total + terms["loss"]
-    out["loss"] = total / n if reduction == "mean" else total
+        losses.append(terms["loss"])
+    total = torch.stack(losses)  # (N,): a new tensor, never an alias of m0/loss (which torch.compile mishandles)
+    out["loss"] = total.mean() if reduction == "mean" else total.sum()
     return out

@@ -300,11 +300,15 @@ class CascadeNet(nn.Module):
         return _Layout(self.group_of, self.sizes, self.cost_model)
 
     # ------------------------------------------------------------------ masks
+    def _threshold(self) -> torch.Tensor:
+        with torch.no_grad():
+            return threshold_masks(self.scores, self._layout(), kind=self.budget, limits=self.limits,
+                                   round_to=self.round_to)
+
     def step_masks(self) -> torch.Tensor:
         """(N, F) 0/1: each member's global threshold (the per-step masks; tensor work on the scores' device,
-        no host synchronisation). Cached until the scores change (every evaluation batch reuses them)."""
-        return self._cached("step", lambda: threshold_masks(self.scores, self._layout(), kind=self.budget,
-                                                            limits=self.limits, round_to=self.round_to))
+        no host synchronisation). Cached until the scores change."""
+        return self._cached("step", self._threshold)
 
     def final_masks(self) -> torch.Tensor:
         """(N, F) 0/1: the threshold masks, each filled with the best filters that still fit the budget (once
@@ -318,8 +322,10 @@ class CascadeNet(nn.Module):
         return self._cached("final", compute)
 
     def hard_masks(self) -> torch.Tensor:
-        """The masks a forward pass uses: per-step in training, final in evaluation."""
-        return self.step_masks() if self.training else self.final_masks()
+        """The masks a forward pass uses: in training the threshold, computed afresh (the scores change every
+        step; no cache, so a compiled step holds no Python state), in evaluation the final masks, computed once
+        per score update and reused by every evaluation batch."""
+        return self._threshold() if self.training else self.final_masks()
 
     def _cached(self, key: str, compute):
         version = (self.scores._version, self.scores.data_ptr(), self.scores.device)

@@ -141,3 +141,24 @@ def test_training_step_has_no_host_synchronisation():
     with Watch():
         net.scores.sum().item()
     assert syncs == ["item"]
+
+
+@pytest.mark.slow
+def test_compiled_step_trains_like_the_eager_one():
+    """compile=True (the CUDA default) runs the same step through torch.compile: same losses, and the
+    one-member cascade keeps its gradient (AOTAutograd once dropped it when m0/loss aliased the loss)."""
+    from cascade.engine import Step
+    from cascade.losses import cascade_loss
+
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    torch.manual_seed(0)
+    nets = [CascadeNet(create_model("vgg16_cifar", width=0.0625), [0.73], torch.zeros(1, 3, 32, 32)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    losses = []
+    for net, compile_ in zip(nets, (False, True)):
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        step = Step(lambda xb, yb, net=net: cascade_loss(net(xb), yb, torch.zeros(4, 10), tau=4.0, lambda_kd=0.4,
+                                                          lambda_h=0.0), [opt], compile=compile_)
+        losses.append([float(step(x, y)["loss"]) for _ in range(3)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-2)
+    assert losses[1][2] != losses[1][0]  # the compiled step does train
