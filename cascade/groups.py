@@ -131,14 +131,13 @@ def _exact_groups(model: nn.Module, example_input: torch.Tensor, groups: list[Pr
         inputs: dict[str, torch.Tensor] = {}
         consumers = {name for g in part for name in g.in_positions}
 
-        def bn_hook(m, _i, out, name=None):
-            shape = (out.shape[0], out.shape[1]) + (1,) * (out.dim() - 2)
-            return out * masks[name].view(shape)
+        def bn_hook(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # per-sample mask on a BN output
+            return out * mask.view((out.shape[0], out.shape[1]) + (1,) * (out.dim() - 2))
 
-        hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: bn_hook(m, i, o, n))
-                 for n in masks]
+        hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, mask=mask: bn_hook(o, mask))
+                 for n, mask in masks.items()]
         hooks += [model.get_submodule(n).register_forward_pre_hook(
-                  lambda m, i, n=n: inputs.__setitem__(n, _channels_first(m, i[0]))) for n in consumers]
+                  lambda m, i, n=n, store=inputs: store.__setitem__(n, _channels_first(m, i[0]))) for n in consumers]
         try:
             model(x0.expand(len(part) + 1, *x0.shape[1:]).contiguous())
         finally:

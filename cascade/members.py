@@ -279,7 +279,7 @@ class CascadeNet(nn.Module):
         _set_module(body, self.head_name, MemberHead(head, n))
         self.body = body
         self._bns = [(body.get_submodule(name), name) for name in bn_index]
-        for i, (name, idx_) in enumerate(bn_index.items()):
+        for i, idx_ in enumerate(bn_index.values()):  # (C_bn,) flat filter of each channel, as buffers (device)
             self.register_buffer(f"_bn_index{i}", idx_, persistent=False)
         self._features: dict[str, torch.Tensor] | None = None
         for name, _ in self.hint_points:
