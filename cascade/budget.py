@@ -119,8 +119,10 @@ def rank_order(scores: torch.Tensor, group_of: torch.Tensor, n_groups: int) -> t
     pos = torch.arange(f, device=scores.device).expand(n, f)
     first = torch.full((n, n_groups), f, dtype=torch.long, device=scores.device)
     first = first.scatter_reduce(1, g_sorted, pos, reduce="amin")                         # group's best position
-    forced = (pos == first.gather(1, g_sorted)).to(torch.int8)
-    order = by_score.gather(1, torch.sort(forced, dim=1, descending=True, stable=True).indices)
+    forced = (pos == first.gather(1, g_sorted)).long()                                  # (N, F), G per row
+    # a stable partition, forced first, by counting instead of a second sort
+    new_pos = torch.where(forced.bool(), forced.cumsum(1) - 1, n_groups + (1 - forced).cumsum(1) - 1)
+    order = torch.empty_like(by_score).scatter_(1, new_pos, by_score)
     rank = torch.empty_like(order).scatter_(1, order, pos)
     return order, rank
 
