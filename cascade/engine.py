@@ -121,14 +121,19 @@ def restarts(opt: torch.optim.Optimizer, steps_per_epoch: int, restart_epochs: i
 def fit(model: nn.Module, data, device: torch.device, *, loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor],
         torch.Tensor], epochs: int, lr: float, momentum: float, weight_decay: float, restart_epochs: int,
         restart_decay: float, batch_size: int, seed: int, log: Callable[[str], None] = print,
-        name: str = "train", compile: bool = False) -> nn.Module:
+        name: str = "train") -> nn.Module:
     """Train ``model`` on ``data.train`` with ``loss_fn(model, x, y)``: SGD + Nesterov, the ``lr_factor``
     schedule, augmented batches in a seeded order; one log line per epoch. Returns the model in eval mode."""
     torch.manual_seed(seed)
     model = prepare(model, device).train()
     opt = sgd(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = restarts(opt, max(1, len(data.train) // batch_size), restart_epochs, restart_decay)
-    step = Step(lambda x, y: {"loss": loss_fn(model, x, y)}, [opt], [sched], compile=compile)
+
+    def terms(x: torch.Tensor, y: torch.Tensor) -> Terms:
+        with autocast(device):
+            return {"loss": loss_fn(model, x, y)}
+
+    step = Step(terms, [opt], [sched])
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         loss = train_epoch(step, data.train, device, batch_size=batch_size, generator=g, name=name,
