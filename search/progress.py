@@ -94,8 +94,8 @@ class Progress(Callback):
 
 
 def _error_text(trial) -> str:
-    try:
-        err = trial.get_pickled_error() or trial.get_error()
-    except Exception:
-        err = None
-    return str(err or getattr(trial, "error_msg", None) or "unknown error")
+    """The trial's error as Tune wrote it locally for this failure (its copy in storage syncs later)."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return str(getattr(trial, "error_msg", None) or "unknown error")
