@@ -16,11 +16,10 @@ from mlflow.tracking import MlflowClient
 
 from search import run_search
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "spaces" / "smoke.yaml"
-
-pytestmark = pytest.mark.slow
+SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
 TINY = {"teacher.epochs": 2, "budget.joint_epochs": 1, "budget.finetune_epochs": 1, "sampler.name": "random"}
+
+pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
 
 
 def free_port() -> int:
@@ -164,6 +163,9 @@ def trial_runs(results: Path):
     client = MlflowClient(f"sqlite:///{results / 'smoke' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
     return [r for r in client.search_runs([exp.experiment_id]) if "trial" in r.data.tags] if exp else []
+
+
+ROOT = SMOKE.parents[1]
 
 
 def readme_submit_command() -> str:

@@ -37,6 +37,7 @@ def smoke(tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_every_smoke_trial_finishes(smoke):
     assert len(smoke.trials) == 3
     assert [t.status for t in smoke.trials] == ["finished"] * 3
@@ -52,6 +53,7 @@ def test_every_smoke_trial_finishes(smoke):
     assert {"val_accuracy", "test_accuracy"} <= set(header)
 
 
+@pytest.mark.slow
 def test_tune_state_and_the_teacher_live_in_storage_trained_by_a_worker(smoke):
     assert not (smoke.run_dir / "tune").exists()
     assert len(list((smoke.storage / "smoke" / "tune").glob("trial_*/checkpoint_*"))) == 3
@@ -60,6 +62,7 @@ def test_tune_state_and_the_teacher_live_in_storage_trained_by_a_worker(smoke):
     assert info["trained_by_pid"] != os.getpid() and info["test_accuracy"] > 10
 
 
+@pytest.mark.slow
 def test_optuna_optimised_validation_accuracy_and_knows_each_mlflow_run(smoke):
     study = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(smoke.run_dir / "optuna.journal"))))
@@ -71,6 +74,7 @@ def test_optuna_optimised_validation_accuracy_and_knows_each_mlflow_run(smoke):
         assert t.name.startswith(f"t{ot.number:02d}-")
 
 
+@pytest.mark.slow
 def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
     client = MlflowClient(smoke.tracking_uri)
     parent = client.get_run(smoke.parent_run_id)
@@ -102,6 +106,7 @@ def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
         assert len(history) == 2  # one point per epoch (1 joint + 1 fine-tune)
 
 
+@pytest.mark.slow
 def test_frontier_is_the_non_dominated_set_of_finished_trials_on_validation(smoke):
     done = [t for t in smoke.trials if t.finished]
     expect = {done[i].trial_id for i in pareto_front([(t.val_accuracy, t.flops) for t in done], ["max", "min"])}
@@ -111,6 +116,7 @@ def test_frontier_is_the_non_dominated_set_of_finished_trials_on_validation(smok
     assert smoke.best(max_flops=0) is None
 
 
+@pytest.mark.slow
 def test_logged_student_loads_and_reproduces_its_accuracies(smoke):
     t = smoke.frontier[0]
     model = smoke.load_model(t)
@@ -121,6 +127,7 @@ def test_logged_student_loads_and_reproduces_its_accuracies(smoke):
     assert sum(p.numel() for p in model.parameters()) < t.base_params
 
 
+@pytest.mark.slow
 def test_frontier_command_reprints_the_table_without_the_data(smoke, tmp_path, capsys):
     """From a copy of the search whose data root exists nowhere here: the frontier needs only the records."""
     copy = tmp_path / "smoke"
