@@ -94,14 +94,15 @@ def close_parent(uri: str, run_id: str, *, failed: bool, stopped_runs: list[str]
 
 def register_frontier(uri: str, name: str, frontier: list) -> dict[str, str]:
     """Register the frontier's students as versions of one registered model per search, each with an alias
-    naming its FLOPs (``flops_1p23M``). Returns alias -> model version."""
+    naming its FLOPs (``flops_1p23M``); a resumed search registers no student twice. Returns alias -> version."""
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
     aliases = {}
     for t in frontier:
         if not t.model_uri:
             continue
-        version = retry(mlflow.register_model, t.model_uri, name).version
+        known = retry(client.search_model_versions, f"name = '{name}' and run_id = '{t.mlflow_run_id}'")
+        version = known[0].version if known else retry(mlflow.register_model, t.model_uri, name).version
         alias = f"flops_{t.flops / 1e6:.2f}M".replace(".", "p")
         retry(client.set_registered_model_alias, name, alias, version)
         aliases[alias] = str(version)
