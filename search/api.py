@@ -26,7 +26,7 @@ from .record import write_trials
 from .report import format_failures
 from .results import CONFIG_FILE, STATE_FILE, TRIALS_FILE, SearchResult, collect, load_result, write_frontier
 from .teacher import teacher_on_worker
-from .tracking import close_parent, log_parent, register_frontier, start_parent
+from .tracking import close_parent, log_dataset, log_parent, register_frontier, start_parent
 from .trainable import TrialContext
 from .tuner import fit
 
@@ -68,6 +68,8 @@ def run_search(config: str | Path | dict | SearchConfig, overrides: list[str] | 
                     "finetune_epochs": cfg.budget.finetune_epochs, "teacher_accuracy": teacher_acc},
             artifact_location=(run_dir / "artifacts").as_uri() if cfg.tracking_uri.startswith("sqlite") else None,
             run_id=state.get("parent_run_id"))
+        if "parent_run_id" not in state:  # a new parent: the data set as its input, before any trial logs it
+            log_dataset(cfg.tracking_uri, parent, name=cfg.data.name, root=cfg.data.root, digest=_data_digest(cfg))
         state.update(parent_run_id=parent, experiment_id=exp_id, tracking_uri=cfg.tracking_uri)
         (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
         log_parent(cfg.tracking_uri, parent, artifacts=[run_dir / CONFIG_FILE])

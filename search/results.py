@@ -46,8 +46,10 @@ class SearchResult:
         """The trial's exported student (a plain ``nn.Module``), from MLflow."""
         import mlflow
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        return mlflow.pytorch.load_model(record.model_uri)
+        from .tracking import fluent_uri
+
+        with fluent_uri(self.tracking_uri):
+            return mlflow.pytorch.load_model(record.model_uri)
 
 
 def collect(grid, tracking_uri: str, parent: str) -> list[TrialRecord]:

@@ -6,6 +6,8 @@ a tracking server (http://) is what clusters should use.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["retry", "TrialRun", "start_parent", "numeric", "EXPERIMENT_KIND", "log_parent", "close_parent",
+__all__ = ["retry", "TrialRun", "start_parent", "numeric", "fluent_uri", "EXPERIMENT_KIND", "log_parent", "close_parent",
            "register_frontier", "log_dataset"]
 
 T = TypeVar("T")
@@ -31,10 +33,24 @@ def retry(fn: Callable[..., T], *args, tries: int = 12, **kw) -> T:
             return fn(*args, **kw)
         except Exception as e:  # sqlalchemy OperationalError arrives wrapped in MlflowException
             msg = str(e).lower()
-            if attempt == tries - 1 or not any(s in msg for s in ("locked", "busy", "timed out", "connection")):
+            # a UNIQUE clash: two processes created the same row at once; the retry finds it
+            if attempt == tries - 1 or not any(s in msg for s in ("locked", "busy", "timed out", "connection",
+                                                                  "unique constraint")):
                 raise
             time.sleep(min(5.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def fluent_uri(uri: str):
+    """MLflow's fluent API (log_model, register_model) reads a process-wide URI, mirrored into
+    MLFLOW_TRACKING_URI: set it for the call only, so the caller's later runs and subprocesses never follow it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def numeric(d: dict[str, Any]) -> dict[str, float]:
@@ -96,13 +112,16 @@ def register_frontier(uri: str, name: str, frontier: list) -> dict[str, str]:
     """Register the frontier's students as versions of one registered model per search, each with an alias
     naming its FLOPs (``flops_1p23M``); a resumed search registers no student twice. Returns alias -> version."""
     client = MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
     aliases = {}
     for t in frontier:
         if not t.model_uri:
             continue
         known = retry(client.search_model_versions, f"name = '{name}' and run_id = '{t.mlflow_run_id}'")
-        version = known[0].version if known else retry(mlflow.register_model, t.model_uri, name).version
+        if known:
+            version = known[0].version
+        else:
+            with fluent_uri(uri):
+                version = retry(mlflow.register_model, t.model_uri, name).version
         alias = f"flops_{t.flops / 1e6:.2f}M".replace(".", "p")
         retry(client.set_registered_model_alias, name, alias, version)
         aliases[alias] = str(version)
@@ -160,10 +179,8 @@ class TrialRun:
         """Log the exported student with the PyTorch flavour; returns its model URI."""
         import torch
 
-        mlflow.set_tracking_uri(self.uri)
-
         def _log():  # pickled whole: a pruned module no longer fits its class's state_dict
-            with mlflow.start_run(run_id=self.run_id):
+            with fluent_uri(self.uri), mlflow.start_run(run_id=self.run_id):
                 info = mlflow.pytorch.log_model(
                     module, name="student", input_example=input_example, serialization_format="pickle",
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision", "torch-pruning"],

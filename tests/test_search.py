@@ -3,7 +3,6 @@ import json
 import os
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
 import yaml
@@ -82,6 +81,7 @@ def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
     assert {"code_version", "config_hash"} <= set(parent.data.tags)
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's UI opens the runs table
+    assert parent.inputs.dataset_inputs[0].dataset.name == "digits"
     assert 0 < parent.data.metrics["hypervolume"] <= 1
     assert len(client.get_metric_history(smoke.parent_run_id, "hypervolume")) >= 3  # logged as trials finished
     assert parent.data.metrics["hypervolume"] == pytest.approx(smoke.hypervolume)
