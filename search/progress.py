@@ -87,7 +87,8 @@ class Progress(Callback):
         for t in recs:
             if t.status == "running" and t.epochs:
                 epoch, of = (t.epochs - self.joint, self.finetune) if t.phase == "finetune" else (t.epochs, self.joint)
-                self._say(f"  {t.name or t.trial_id}: {t.phase} epoch {epoch}/{of}  val {t.val_accuracy or 0:.2f}%")
+                flops = f"  ~{t.flops / 1e6:.2f}M FLOPs" if t.flops else ""
+                self._say(f"  {t.name or t.trial_id}: {t.phase} epoch {epoch}/{of}  val {t.val_accuracy or 0:.2f}%{flops}")
         front = frontier_records(recs, self.objectives)
         if front:
             self._say("  frontier so far: " + ", ".join(f"{t.val_accuracy:.2f}% @ {t.flops / 1e6:.2f}M" for t in front))

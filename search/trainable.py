@@ -19,6 +19,7 @@ from ray import tune
 
 import cascade
 from cascade.config import PruneConfig, prune_config
+from cascade.flops import count_flops
 from cascade.teacher import get_teacher
 from cascade.train import load_prune_data, prune_epochs
 
@@ -86,6 +87,9 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
         device = torch.device(cfg.device)
         data = load_prune_data(cfg)
         teacher = get_teacher(cfg, data, device, log=print, cache=ctx.teacher_cache)[0]
+        # the student's FLOPs while it trains, for the progress report: its budget (the budget is met within 1%)
+        budget_flops = ((1 - cfg.cascade.ratios[0]) * count_flops(teacher, data.input_size)[0]
+                        if cfg.cascade.budget == "flops" else None)
         gen = prune_epochs(cfg, work, data=data, teacher=(teacher, ctx.teacher_accuracy), log=print)
         step = 0
         while True:
@@ -100,7 +104,7 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
             run.log_metrics(m, step=step)
             # the masked (joint) or exported (fine-tune) student's validation accuracy: what ASHA compares
             report = {**numeric(m), "val_accuracy": m["val_acc/m0"], "epoch_total": step, "finetune": int(finetune),
-                      "mlflow_run_id": run.run_id}
+                      "mlflow_run_id": run.run_id, **({"flops": budget_flops} if budget_flops else {})}
             with tempfile.TemporaryDirectory() as tmp:  # the checkpoint: the run's state and its MLflow id
                 for f in ("checkpoint.pt", RUN_ID_FILE):
                     shutil.copy2(work / f, Path(tmp) / f)
