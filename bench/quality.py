@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from cascade import PruneConfig, count_flops, create_model
-from cascade.config import apply_overrides, parse, to_dict, validate_prune
+from cascade.config import prune_config, to_dict
 from cascade.engine import evaluate, fit, prepare, resolve_device
 from cascade.losses import member_loss
 from cascade.teacher import get_teacher
@@ -82,7 +82,7 @@ def main() -> None:
     cfg.data.train_subset, cfg.data.batch_size = mode["train_subset"], mode["batch_size"]
     cfg.teacher.epochs, cfg.teacher.checkpoint = mode["teacher_epochs"], args.teacher
     cfg.schedule.joint_epochs, cfg.schedule.finetune_epochs = joint, finetune
-    cfg = validate_prune(parse(PruneConfig, apply_overrides(to_dict(cfg), args.set)))
+    cfg = prune_config(to_dict(cfg), args.set)
     settings = {"mode": args.mode, "model": cfg.model.name, **{k: list(v) if isinstance(v, tuple) else v
                                                                 for k, v in mode.items()},
                 "seed": args.seed, "teacher": args.teacher, "data": str(Path(args.data).resolve()),
@@ -117,7 +117,8 @@ def main() -> None:
                     run_cfg.cascade.score_init = "l1"
                 res = run_prune(run_cfg, workdir / f"{method}_{target}", data=data,
                                 teacher=(teacher, t_acc))
-                acc, extra = res["accuracy"], {"student_after_joint": res["members"][0]["test_acc"]}
+                acc, val_acc = res["accuracy"], res["val_accuracy"]
+                extra = {"student_after_joint": res["members"][0]["test_acc"]}
                 flops, params = res["flops"], res["params"]
             else:
                 if method == "l1_kd":  # pretrained weights, L1-selected channels; the cascade's fine-tune recipe
@@ -132,14 +133,34 @@ def main() -> None:
                 extra = {"start_acc": float(evaluate(prepare(student, device), data.test, device))}
                 student = distill(student, teacher, data, cfg, device, epochs=joint + finetune, **recipe)
                 acc = float(evaluate(student, data.test, device))
-            row = {"method": method, "target": target, "accuracy": acc, "flops": flops, "params": params,
+                val_acc = float(evaluate(student, data.val, device))
+            row = {"method": method, "target": target, "accuracy": acc, "val_accuracy": val_acc, "flops": flops,
+                   "params": params,
                    "flops_reduction": 1 - flops / base_flops, "wall_s": time.time() - t0, **extra}
             print(f"== {method} @ -{target:.0%} FLOPs: {acc:.2f}% at {flops / 1e6:.2f}M "
                   f"(-{row['flops_reduction']:.1%}), {row['wall_s']:.0f}s")
             report["rows"].append(row)
             out.write_text(json.dumps(report, indent=2))
+    report["chosen_by_validation"] = chosen_by_validation(report["rows"])
+    out.write_text(json.dumps(report, indent=2))
     plot(report, out.with_suffix(".png"))
     print(table(report))
+    for target, c in report["chosen_by_validation"].items():
+        print(f"-{float(target):.0%} FLOPs: validation chooses {c['method']} (val {c['val_accuracy']:.2f}%), "
+              f"test {c['accuracy']:.2f}%")
+
+
+def chosen_by_validation(rows: list[dict]) -> dict[str, dict]:
+    """Per target, the method validation accuracy picks and its test accuracy (rows without a validation
+    figure, from older runs, take no part): the unbiased figure when one method is to be chosen."""
+    chosen: dict[str, dict] = {}
+    for r in rows:
+        if r.get("val_accuracy") is None:
+            continue
+        key = str(r["target"])
+        if key not in chosen or r["val_accuracy"] > chosen[key]["val_accuracy"]:
+            chosen[key] = {k: r[k] for k in ("method", "val_accuracy", "accuracy", "flops")}
+    return chosen
 
 
 def l1_prune(teacher: nn.Module, max_flops: float, input_size: tuple) -> nn.Module:

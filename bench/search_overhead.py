@@ -54,10 +54,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     print(f"cascade search: {args.trials} trials, one at a time ...", flush=True)
-    trials = sorted(run_search(serial, verbose=0).trials, key=lambda t: t["trial_id"])
+    trials = sorted(run_search(serial).trials, key=lambda t: t.trial_id)
     search_s = time.perf_counter() - t0
-    assert all(t["status"] == "finished" for t in trials), trials
-    overrides = [t["overrides"] for t in trials]
+    assert all(t.finished for t in trials), trials
+    overrides = [t.overrides for t in trials]
 
     print("plain loop over the same configurations ...", flush=True)
     torch.set_num_threads(cpus)
@@ -72,9 +72,9 @@ def main() -> None:
     parallel = config("parallel", cpus, 1)
     print(f"cascade search: {args.trials} trials, {cpus} at a time ...", flush=True)
     t0 = time.perf_counter()
-    par_trials = run_search(parallel, verbose=0).trials
+    par_trials = run_search(parallel).trials
     parallel_s = time.perf_counter() - t0
-    same = sorted(map(json.dumps, overrides)) == sorted(json.dumps(t["overrides"]) for t in par_trials)
+    same = sorted(map(json.dumps, overrides)) == sorted(json.dumps(t.overrides) for t in par_trials)
 
     k = args.trials
     rows = [
@@ -90,7 +90,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({
         "config": args.config, "trials": k, "cpus": cpus, "torch": torch.__version__, "machine": platform.machine(),
         "date": time.strftime("%Y-%m-%d"), "parallel_ran_same_configs": same, "rows": rows,
-        "accuracy": {"search": [t["accuracy"] for t in trials], "loop": loop_acc}}, indent=2))
+        "accuracy": {"search": [t.test_accuracy for t in trials], "loop": loop_acc}}, indent=2))
 
 
 if __name__ == "__main__":

@@ -7,12 +7,11 @@ import sys
 from typing import Callable, Sequence
 
 from .config import ConfigError, load_prune_config
-from .data import DataError
 from .engine import CheckpointError
 
 __all__ = ["add_commands", "dispatch", "main"]
 
-USER_ERRORS = (ConfigError, DataError)
+USER_ERRORS = (ConfigError,)  # bad config, data or space: exit 2 naming the field
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

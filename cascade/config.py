@@ -1,7 +1,8 @@
 """Typed configuration: dataclass schemas, strict parsing from YAML/dicts, ``--set key.path=value`` overrides.
 
-Every error is a ``ConfigError`` whose ``field`` is the dotted path of the bad key, so the CLI can print
-one line naming it and exit 2 before any work starts.
+Every error is a ``ConfigError`` whose ``field`` is the dotted path of the bad key and ``message`` the reason,
+so the CLI can print one line naming it and exit 2 before any work starts. It is the one field-error class:
+bad data (``cascade.data.DataError``) and bad search spaces raise it too.
 """
 from __future__ import annotations
 
@@ -15,16 +16,25 @@ from typing import Any, Union
 
 import yaml
 
-__all__ = ["ConfigError", "PruneConfig", "parse", "load_yaml", "apply_overrides", "as_number", "check", "to_dict",
-           "validate_prune"]
+__all__ = ["ConfigError", "PruneConfig", "parse", "load_yaml", "apply_overrides", "split_override", "as_number",
+           "check", "to_dict", "validate_prune", "prune_config", "load_prune_config", "is_uri"]
 
 
 class ConfigError(ValueError):
-    """A bad configuration value; ``field`` is its dotted path."""
+    """A bad value: ``field`` is its dotted path (``data.root``, ``space.tau.low``), ``message`` the reason."""
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+        self.message = message
+
+    def __reduce__(self):  # crosses process boundaries (Ray tasks) intact
+        return type(self), (self.field, self.message)
+
+
+def is_uri(path: str) -> bool:
+    """``s3://bucket/x``, ``gs://...``, ``file:///...``: a location for pyarrow.fs rather than a local path."""
+    return "://" in path
 
 
 # ---------------------------------------------------------------- generic strict parser
@@ -132,7 +142,7 @@ def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
     import copy
 
     out = copy.deepcopy(data)
-    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    items = overrides.items() if isinstance(overrides, dict) else [split_override(o) for o in overrides]
     for key, value in items:
         parts = key.split(".")
         node = out
@@ -147,12 +157,13 @@ def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
     return out
 
 
-def _split_override(text: str) -> tuple[str, Any]:
+def split_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` as (key path, value parsed as YAML)."""
     if "=" not in text:
         raise ConfigError("--set", f"expected key.path=value, got {text!r}")
     key, raw = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), as_number(yaml.safe_load(raw))  # 1e-3 is a number, not YAML 1.1's string
     except yaml.YAMLError:
         return key.strip(), raw
 
@@ -180,7 +191,7 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    checkpoint: str | None = None  # a saved module (torch.save(model)) or a state_dict for model.name
+    checkpoint: str | None = None  # a saved module (torch.save(model)) or a state_dict: a path or a URI (s3://...)
     epochs: int = 30               # training epochs when no checkpoint is given (fine-tuning when pretrained)
     lr: float = 0.05
     weight_decay: float = 5e-4
@@ -274,7 +285,7 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
     check(d.batch_size > 0, "data.batch_size", f"expected > 0, got {d.batch_size}")
     check(d.workers >= 0, "data.workers", f"expected >= 0, got {d.workers}")
     t = cfg.teacher
-    if t.checkpoint is not None:
+    if t.checkpoint is not None and not is_uri(t.checkpoint):
         check(Path(t.checkpoint).expanduser().is_file(), "teacher.checkpoint", f"no such file {t.checkpoint!r}")
     check(t.epochs >= 0, "teacher.epochs", f"expected >= 0, got {t.epochs}")
     check(t.lr > 0, "teacher.lr", f"expected > 0, got {t.lr}")
@@ -307,8 +318,11 @@ def _torchvision_known(name: str) -> bool:
     return name in torchvision.models.list_models(module=torchvision.models)
 
 
+def prune_config(data: dict, overrides: list[str] | dict[str, Any] | None = None) -> PruneConfig:
+    """The one way a prune config is assembled: ``data`` <- overrides, parsed strictly, then validated."""
+    return validate_prune(parse(PruneConfig, apply_overrides(data, overrides or [])))
+
+
 def load_prune_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> PruneConfig:
-    """Defaults <- YAML file <- overrides, parsed strictly and validated."""
-    data = load_yaml(path) if path else {}
-    data = apply_overrides(data, overrides or [])
-    return validate_prune(parse(PruneConfig, data))
+    """Defaults <- YAML file <- overrides."""
+    return prune_config(load_yaml(path) if path else {}, overrides)

@@ -20,12 +20,9 @@ __all__ = ["DataBundle", "load_data", "DataError"]
 Batch = tuple[torch.Tensor, torch.Tensor]  # (B, 3, H, W) float normalised, (B,) int64
 
 
-class DataError(ValueError):
-    """A data set that cannot be loaded; ``field`` names the config key at fault."""
+from .config import ConfigError  # noqa: E402
 
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+DataError = ConfigError  # a data set that cannot be loaded: the config key at fault and why (one error class)
 
 
 class TensorSplit:

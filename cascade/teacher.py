@@ -1,8 +1,14 @@
-"""The frozen pretrained teacher: loaded from a checkpoint, or trained once and cached by its config."""
+"""The frozen pretrained teacher: loaded from a checkpoint, or trained once and cached by its config.
+
+Checkpoint and cache may be local paths or URIs (``s3://``, ``gs://``, ``file://``: whatever pyarrow.fs reads),
+so a cluster's trials can share one teacher through shared storage.
+"""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -10,13 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ConfigError, PruneConfig
+from .config import ConfigError, PruneConfig, is_uri
 from .data import DataBundle, default_cache_dir
-from .engine import evaluate, fit, load_checkpoint, prepare, save_atomic
+from .engine import CheckpointError, evaluate, fit, prepare
 from .members import main_output
 from .models import create_model
 
-__all__ = ["get_teacher", "teacher_key"]
+__all__ = ["get_teacher", "teacher_key", "teacher_location"]
 
 
 def teacher_key(cfg: PruneConfig) -> str:
@@ -29,34 +35,97 @@ def teacher_key(cfg: PruneConfig) -> str:
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def get_teacher(cfg: PruneConfig, data: DataBundle, device: torch.device,
-                log: Callable[[str], None] = print) -> tuple[nn.Module, float]:
-    """Return ``(teacher, test accuracy)``, training and caching it on first use."""
+def teacher_location(cfg: PruneConfig, cache: str | None = None) -> str:
+    """Where the teacher for ``cfg`` is cached: ``<cache>/<config hash>`` (``cache`` a directory or a URI;
+    default ``<cache_dir>/teachers``)."""
+    root = cache or str(Path(cfg.cache_dir or default_cache_dir()) / "teachers")
+    return f"{root.rstrip('/')}/{teacher_key(cfg)}"
+
+
+def get_teacher(cfg: PruneConfig, data: DataBundle, device: torch.device, log: Callable[[str], None] = print, *,
+                cache: str | None = None) -> tuple[nn.Module, float]:
+    """Return ``(teacher, test accuracy)``, training it on first use and caching it under
+    ``teacher_location(cfg, cache)`` with its accuracy (so a reuse costs no evaluation)."""
+    acc = None
     if cfg.teacher.checkpoint:
         model = _load(cfg, data)
     else:
-        cache = Path(cfg.cache_dir or default_cache_dir()) / "teachers" / teacher_key(cfg)
-        if (cache / "teacher.pt").exists():
-            model = load_checkpoint(cache / "teacher.pt")
-            log(f"teacher: reusing {cache / 'teacher.pt'}")
+        where = teacher_location(cfg, cache)
+        if _exists(f"{where}/teacher.pt"):
+            model = _torch_load(f"{where}/teacher.pt")
+            acc = json.loads(_read(f"{where}/config.json")).get("test_accuracy") if _exists(
+                f"{where}/config.json") else None
+            log(f"teacher: reusing {where}/teacher.pt")
         else:
             torch.manual_seed(cfg.seed)  # the initial weights too: torch's own startup seed is random
             model = create_model(cfg.model.name, num_classes=data.num_classes, width=cfg.model.width,
                                  pretrained=cfg.model.pretrained)
             model = train_teacher(model, cfg, data, device, log)
-            cache.mkdir(parents=True, exist_ok=True)
-            save_atomic(model.cpu(), cache / "teacher.pt")
-            (cache / "config.json").write_text(json.dumps({"key": teacher_key(cfg)}, indent=2))
+            acc = float(evaluate(prepare(model, device).eval(), data.test, device))
+            buf = io.BytesIO()
+            torch.save(model.cpu(), buf)
+            _write(f"{where}/teacher.pt", buf.getvalue())
+            _write(f"{where}/config.json", json.dumps({"key": teacher_key(cfg), "test_accuracy": acc,
+                                                       "trained_by_pid": os.getpid()}, indent=2).encode())
     model = prepare(model, device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, float(evaluate(model, data.test, device))
+    return model, float(acc if acc is not None else evaluate(model, data.test, device))
+
+
+def _fs(location: str):
+    """(pyarrow filesystem, path) for a URI; None for a local path."""
+    if not is_uri(location):
+        return None, location
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(location)
+
+
+def _exists(location: str) -> bool:
+    fs, path = _fs(location)
+    if fs is None:
+        return Path(path).expanduser().is_file()
+    import pyarrow.fs
+
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
+
+
+def _read(location: str) -> bytes:
+    fs, path = _fs(location)
+    if fs is None:
+        return Path(path).expanduser().read_bytes()
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _write(location: str, data: bytes) -> None:
+    """Atomic where the store allows it: a local temp file and a rename (object stores write whole objects)."""
+    fs, path = _fs(location)
+    if fs is None:
+        p = Path(path).expanduser()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, p)
+        return
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def _torch_load(location: str):
+    try:
+        return torch.load(io.BytesIO(_read(location)), map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, pickling error, ...
+        raise CheckpointError(f"checkpoint {location!r} is corrupt or truncated ({type(e).__name__}: {e}); "
+                              f"delete it to start this run from scratch") from None
 
 
 def _load(cfg: PruneConfig, data: DataBundle) -> nn.Module:
     path = cfg.teacher.checkpoint
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(io.BytesIO(_read(path)), map_location="cpu", weights_only=False)
     except Exception as e:
         raise ConfigError("teacher.checkpoint", f"cannot read {path!r} ({type(e).__name__}: {e})") from None
     if isinstance(obj, nn.Module):

@@ -2,7 +2,9 @@
 
 It runs on the head node, inside the image, and joins the running cluster (``--address auto``). A config path
 that does not exist where the script runs is looked up in the image's copy of the project. Trials log to the
-MLflow server that cluster.yaml starts on the head (a later ``--set mlflow.tracking_uri=...`` wins).
+MLflow server that cluster.yaml starts on the head (a later ``--set mlflow.tracking_uri=...`` wins). Pass
+``--set storage=s3://<bucket>/cascade`` (or a shared mount) so that checkpoints and the teacher outlive a node;
+the head is CPU-only and never trains (the teacher is a Ray task with a trial's GPU resources).
 """
 import socket
 import sys

@@ -2,6 +2,7 @@
 from .api import SearchResult, load_result, resume_search, run_search
 from .config import SearchConfig, load_config
 from .frontier import pareto_front
+from .record import TrialRecord
 
-__all__ = ["SearchConfig", "SearchResult", "load_config", "load_result", "pareto_front", "resume_search",
-           "run_search"]
+__all__ = ["SearchConfig", "SearchResult", "TrialRecord", "load_config", "load_result", "pareto_front",
+           "resume_search", "run_search"]

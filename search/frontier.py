@@ -1,12 +1,15 @@
-"""The Pareto frontier of finished trials: the non-dominated set, its table, CSV and plot."""
+"""The Pareto frontier of finished trials (selected on validation accuracy): the non-dominated set, its
+hypervolume, table, CSV and plot. Test accuracy is shown beside validation, never used to select."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["pareto_front", "frontier_records", "write_csv", "plot_frontier", "format_table", "best_at_budgets", "best_within",
-           "PAPER_POINTS"]
+from .record import TrialRecord
+
+__all__ = ["pareto_front", "frontier_records", "hypervolume", "write_csv", "plot_frontier", "format_table",
+           "best_at_budgets", "best_within", "PAPER_POINTS"]
 
 # VGG16 on CIFAR-10 in the paper (FLOPs, top-1 %): base 93.25% at 313M, then k_0 = 0.3, 0.6, 0.8.
 PAPER_POINTS = [(134e6, 93.53), (83e6, 93.32), (52e6, 92.97)]
@@ -27,34 +30,53 @@ def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> lis
     return [i for i, p in enumerate(vals) if not any(dominates(q, p) for j, q in enumerate(vals) if j != i)]
 
 
-def frontier_records(trials: list[dict], objectives: dict[str, str]) -> list[dict]:
-    """Finished, full-budget trials on the frontier, sorted by FLOPs."""
-    done = [t for t in trials if t.get("status") == "finished"]
+def frontier_records(trials: list[TrialRecord], objectives: dict[str, str]) -> list[TrialRecord]:
+    """Finished, full-budget trials on the frontier of the objectives, sorted by FLOPs."""
+    done = [t for t in trials if t.finished]
     keys = list(objectives)
-    idx = pareto_front([[t[k] for k in keys] for t in done], [objectives[k] for k in keys])
-    return sorted((done[i] for i in idx), key=lambda t: (t["flops"], -t["accuracy"]))
+    idx = pareto_front([[getattr(t, k) for k in keys] for t in done], [objectives[k] for k in keys])
+    return sorted((done[i] for i in idx), key=lambda t: (t.flops, -t.val_accuracy))
 
 
-def best_within(trials: list[dict], *, max_flops: float | None = None, max_params: float | None = None) -> dict | None:
-    """The most accurate finished trial within the budgets (None where nothing fits)."""
-    fits = [t for t in trials if t.get("status") == "finished"
-            and (max_flops is None or t["flops"] <= max_flops) and (max_params is None or t["params"] <= max_params)]
-    return max(fits, key=lambda t: t["accuracy"]) if fits else None
+def hypervolume(trials: list[TrialRecord]) -> float | None:
+    """The area the finished trials dominate in (FLOPs, validation accuracy) above the reference point
+    (the teacher's FLOPs, chance accuracy), as a fraction of the box up to 0 FLOPs and 100%: one number
+    per search, larger is better. None before any trial finishes."""
+    done = [t for t in trials if t.finished]
+    if not done:
+        return None
+    ref_flops, chance = done[0].base_flops, 100.0 / (done[0].num_classes or 1)
+    pts = sorted((t.flops, t.val_accuracy) for t in done if t.flops < ref_flops and t.val_accuracy > chance)
+    area, best = 0.0, chance
+    for i, (f, a) in enumerate(pts):
+        best = max(best, a)
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else ref_flops
+        area += (nxt - f) * (best - chance)
+    return area / (ref_flops * (100.0 - chance))
 
 
-def best_at_budgets(trials: list[dict], budgets: Sequence[float]) -> list[dict | None]:
-    """For each FLOPs budget, the most accurate finished trial within it."""
+def best_within(trials: list[TrialRecord], *, max_flops: float | None = None,
+                max_params: float | None = None) -> TrialRecord | None:
+    """The finished trial with the best validation accuracy within the budgets (None where nothing fits)."""
+    fits = [t for t in trials if t.finished and (max_flops is None or t.flops <= max_flops)
+            and (max_params is None or t.params <= max_params)]
+    return max(fits, key=lambda t: t.val_accuracy) if fits else None
+
+
+def best_at_budgets(trials: list[TrialRecord], budgets: Sequence[float]) -> list[TrialRecord | None]:
+    """For each FLOPs budget, the finished trial with the best validation accuracy within it."""
     return [best_within(trials, max_flops=b) for b in budgets]
 
 
-COLUMNS = ["accuracy", "flops", "params", "flops_reduction", "params_reduction", "mlflow_run_id"]
+COLUMNS = ["name", "val_accuracy", "test_accuracy", "flops", "params", "flops_reduction", "params_reduction",
+           "mlflow_run_id", "model_uri"]
 
 
-def _row(t: dict) -> dict[str, Any]:
-    return {**{c: t.get(c) for c in COLUMNS}, **{f"hp.{k}": v for k, v in sorted(t.get("config", {}).items())}}
+def _row(t: TrialRecord) -> dict[str, Any]:
+    return {**{c: getattr(t, c) for c in COLUMNS}, **{f"hp.{k}": v for k, v in sorted(t.config.items())}}
 
 
-def write_csv(records: list[dict], path: str | Path) -> None:
+def write_csv(records: list[TrialRecord], path: str | Path) -> None:
     rows = [_row(t) for t in records]
     fields = list(dict.fromkeys(k for r in rows for k in r)) or COLUMNS
     with open(path, "w", newline="") as f:
@@ -63,37 +85,41 @@ def write_csv(records: list[dict], path: str | Path) -> None:
         w.writerows(rows)
 
 
-def format_table(records: list[dict]) -> str:
-    """A fixed-width table: accuracy, FLOPs, params, reductions, the TA ladder and the MLflow run id."""
-    head = f"{'acc %':>7} {'FLOPs':>9} {'params':>9} {'-FLOPs':>7} {'-params':>8}  {'TAs':>3} {'ratios':<24} run id"
+def format_table(records: list[TrialRecord]) -> str:
+    """A fixed-width table: validation and test accuracy, FLOPs, params, reductions, the TA ladder, the run."""
+    head = (f"{'trial':<14} {'val %':>6} {'test %':>6} {'FLOPs':>9} {'params':>9} {'-FLOPs':>7} {'-params':>8}  "
+            f"{'ratios':<24} run id")
     lines = [head, "-" * len(head)]
     for t in records:
-        c = t.get("config", {})
-        ratios = ",".join(f"{c[k]:.2f}" for k in sorted(c) if k.startswith("ratio_m"))
-        lines.append(f"{t['accuracy']:7.2f} {t['flops'] / 1e6:8.2f}M {t['params'] / 1e6:8.3f}M "
-                     f"{t['flops_reduction']:7.1%} {t['params_reduction']:8.1%}  {c.get('num_tas', '?'):>3} "
-                     f"{ratios:<24} {t.get('mlflow_run_id', '')}")
+        ratios = ",".join(f"{t.config[k]:.2f}" for k in sorted(t.config) if k.startswith("ratio_m"))
+        lines.append(f"{t.name or t.trial_id:<14} {t.val_accuracy:6.2f} {t.test_accuracy:6.2f} "
+                     f"{t.flops / 1e6:8.2f}M {t.params / 1e6:8.3f}M {t.flops_reduction:7.1%} "
+                     f"{t.params_reduction:8.1%}  {ratios:<24} {t.mlflow_run_id or ''}")
     return "\n".join(lines)
 
 
-def plot_frontier(trials: list[dict], frontier: list[dict], path: str | Path, *, title: str = "",
+def plot_frontier(trials: list[TrialRecord], frontier: list[TrialRecord], path: str | Path, *, title: str = "",
                   teacher: tuple[float, float] | None = None, paper: bool = False) -> None:
-    """Accuracy vs FLOPs: every finished trial, the frontier highlighted, the teacher, the paper's points."""
+    """Validation accuracy vs FLOPs: every finished trial, the frontier (chosen on validation) with its test
+    accuracy beside it, the teacher, the paper's points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [t for t in trials if t.get("status") == "finished"]
+    done = [t for t in trials if t.finished]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter([t["flops"] / 1e6 for t in done], [t["accuracy"] for t in done], s=22, c="0.6", label="trials")
+    ax.scatter([t.flops / 1e6 for t in done], [t.val_accuracy for t in done], s=22, c="0.6", label="trials (val)")
     if frontier:
-        ax.step([t["flops"] / 1e6 for t in frontier], [t["accuracy"] for t in frontier], where="post",
-                c="tab:red", lw=1.5)
-        ax.scatter([t["flops"] / 1e6 for t in frontier], [t["accuracy"] for t in frontier], s=40, c="tab:red",
-                   zorder=3, label="Pareto frontier")
+        x = [t.flops / 1e6 for t in frontier]
+        ax.step(x, [t.val_accuracy for t in frontier], where="post", c="tab:red", lw=1.5)
+        ax.scatter(x, [t.val_accuracy for t in frontier], s=40, c="tab:red", zorder=3,
+                   label="Pareto frontier (val)")
+        ax.scatter(x, [t.test_accuracy for t in frontier], s=40, facecolors="none", edgecolors="tab:red",
+                   zorder=3, label="its test accuracy")
     if teacher:
-        ax.scatter([teacher[0] / 1e6], [teacher[1]], marker="*", s=160, c="tab:blue", zorder=4, label="teacher")
+        ax.scatter([teacher[0] / 1e6], [teacher[1]], marker="*", s=160, c="tab:blue", zorder=4,
+                   label="teacher (test)")
     if paper:
         ax.scatter([f / 1e6 for f, _ in PAPER_POINTS], [a for _, a in PAPER_POINTS], marker="D", s=30,
                    facecolors="none", edgecolors="k", label="paper (VGG16, CIFAR-10)")

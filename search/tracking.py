@@ -1,22 +1,29 @@
-"""MLflow: a parent run per search, a nested run per trial, the student as a logged model.
+"""MLflow: a parent run per search, a nested run per trial, the student as a logged model, the frontier's
+students in the Model Registry.
 
 Every write goes through ``retry`` so concurrent trials on one SQLite store survive "database is locked";
 a tracking server (http://) is what clusters should use.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["retry", "TrialRun", "start_parent", "numeric"]
+__all__ = ["retry", "TrialRun", "start_parent", "numeric", "fluent_uri", "EXPERIMENT_KIND", "log_parent", "close_parent",
+           "register_frontier", "log_dataset"]
 
 T = TypeVar("T")
+# MLflow 3's UI opens an experiment by this tag: without it a new experiment shows the GenAI overview
+# (traces, token usage). The value MLflow 3.17's UI reads as classic model training:
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def retry(fn: Callable[..., T], *args, tries: int = 12, **kw) -> T:
@@ -26,10 +33,24 @@ def retry(fn: Callable[..., T], *args, tries: int = 12, **kw) -> T:
             return fn(*args, **kw)
         except Exception as e:  # sqlalchemy OperationalError arrives wrapped in MlflowException
             msg = str(e).lower()
-            if attempt == tries - 1 or not any(s in msg for s in ("locked", "busy", "timed out", "connection")):
+            # a UNIQUE clash: two processes created the same row at once; the retry finds it
+            if attempt == tries - 1 or not any(s in msg for s in ("locked", "busy", "timed out", "connection",
+                                                                  "unique constraint")):
                 raise
             time.sleep(min(5.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def fluent_uri(uri: str):
+    """MLflow's fluent API (log_model, register_model) reads a process-wide URI, mirrored into
+    MLFLOW_TRACKING_URI: set it for the call only, so the caller's later runs and subprocesses never follow it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def numeric(d: dict[str, Any]) -> dict[str, float]:
@@ -42,7 +63,8 @@ def _experiment_id(client: MlflowClient, name: str, artifact_location: str | Non
     if exp is not None:
         return exp.experiment_id
     try:
-        return retry(client.create_experiment, name, artifact_location=artifact_location)
+        return retry(client.create_experiment, name, artifact_location=artifact_location,
+                     tags=dict([EXPERIMENT_KIND]))
     except Exception:  # created concurrently by another process
         return retry(client.get_experiment_by_name, name).experiment_id
 
@@ -55,6 +77,7 @@ def start_parent(uri: str, experiment: str, *, run_name: str, tags: dict[str, st
     directory, which Ray Tune changes per trial."""
     client = MlflowClient(uri)
     exp_id = _experiment_id(client, experiment, artifact_location)
+    retry(client.set_experiment_tag, exp_id, *EXPERIMENT_KIND)  # also on an experiment made elsewhere
     if run_id is None:
         run = retry(client.create_run, exp_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
@@ -64,20 +87,81 @@ def start_parent(uri: str, experiment: str, *, run_name: str, tags: dict[str, st
     return exp_id, run_id
 
 
-class TrialRun:
-    """One trial's nested run. ``run_id`` given (a resumed trial) reuses that run instead of forking one."""
+def log_parent(uri: str, run_id: str, *, metrics: dict[str, float] | None = None, step: int = 0,
+               tags: dict[str, str] | None = None, artifacts: list[Path] = ()) -> None:
+    """Metrics, tags and files on the search's parent run."""
+    client = MlflowClient(uri)
+    if metrics or tags:
+        ts = int(time.time() * 1000)
+        retry(client.log_batch, run_id, metrics=[Metric(k, float(v), ts, step) for k, v in (metrics or {}).items()],
+              tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()])
+    for path in artifacts:
+        retry(client.log_artifact, run_id, str(path))
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, name: str, run_id: str | None = None):
+
+def close_parent(uri: str, run_id: str, *, failed: bool, stopped_runs: list[str] = ()) -> None:
+    """End the parent FINISHED, or FAILED when no trial finished; scheduler-stopped trials never ran their own
+    finish(), so their runs end KILLED here."""
+    client = MlflowClient(uri)
+    for rid in stopped_runs:
+        retry(client.set_terminated, rid, status="KILLED")
+    retry(client.set_terminated, run_id, status="FAILED" if failed else "FINISHED")
+
+
+def register_frontier(uri: str, name: str, frontier: list) -> dict[str, str]:
+    """Register the frontier's students as versions of one registered model per search, each with an alias
+    naming its FLOPs (``flops_1p23M``); a resumed search registers no student twice. Returns alias -> version."""
+    client = MlflowClient(uri)
+    aliases = {}
+    for t in frontier:
+        if not t.model_uri:
+            continue
+        known = retry(client.search_model_versions, f"name = '{name}' and run_id = '{t.mlflow_run_id}'")
+        if known:
+            version = known[0].version
+        else:
+            with fluent_uri(uri):
+                version = retry(mlflow.register_model, t.model_uri, name).version
+        alias = f"flops_{t.flops / 1e6:.2f}M".replace(".", "p")
+        retry(client.set_registered_model_alias, name, alias, version)
+        aliases[alias] = str(version)
+    return aliases
+
+
+def log_dataset(uri: str, run_id: str, *, name: str, root: str | None, digest: str) -> None:
+    """The data set as the run's input (MLflow's Dataset panel): its name, where it lives, a digest of what
+    selects it (name, root, subset sizes, validation fraction)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    ds = MetaDataset(CodeDatasetSource({"data": name, "root": root or ""}), name=name, digest=digest)
+    retry(MlflowClient(uri).log_inputs, run_id,
+          [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])])
+
+
+class TrialRun:
+    """One trial's nested run. ``run_id`` given (a resumed trial) reuses that run instead of forking one.
+    ``system_metrics`` samples CPU, memory and (with pynvml) GPU utilisation into the run while it is open."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, name: str, run_id: str | None = None, *,
+                 tags: dict[str, str] | None = None, system_metrics: bool = False):
         self.uri = uri
         self.client = MlflowClient(uri)
         if run_id is None:
             run = retry(self.client.create_run, experiment_id, run_name=name,
-                        tags={"mlflow.parentRunId": parent_run_id, "trial": name})
+                        tags={"mlflow.parentRunId": parent_run_id, **(tags or {})})
             run_id = run.info.run_id
         else:
             retry(self.client.update_run, run_id, status="RUNNING")
         self.run_id = run_id
         self._logged_params: set[str] = set(retry(self.client.get_run, run_id).data.params)
+        self._monitor = None
+        if system_metrics:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+            self._monitor.start()
 
     def log_params(self, params: dict[str, Any]) -> None:
         new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in self._logged_params]
@@ -95,10 +179,8 @@ class TrialRun:
         """Log the exported student with the PyTorch flavour; returns its model URI."""
         import torch
 
-        mlflow.set_tracking_uri(self.uri)
-
         def _log():  # pickled whole: a pruned module no longer fits its class's state_dict
-            with mlflow.start_run(run_id=self.run_id):
+            with fluent_uri(self.uri), mlflow.start_run(run_id=self.run_id):
                 info = mlflow.pytorch.log_model(
                     module, name="student", input_example=input_example, serialization_format="pickle",
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision", "torch-pruning"],
@@ -108,6 +190,9 @@ class TrialRun:
         return retry(_log)
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         if error:
             retry(self.client.set_tag, self.run_id, "error", error[-5000:])
         retry(self.client.set_terminated, self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))

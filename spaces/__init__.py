@@ -1,11 +1,11 @@
-"""Search spaces: YAML -> validated ``Space`` -> Optuna define-by-run sampling. Knows nothing of Ray."""
+"""Search spaces: YAML files and their validation. Imports without optuna, ray or mlflow (sampling is in
+``search.sampling``), so benchmarks and config checks run anywhere ``cascade`` does."""
 from pathlib import Path
 
 from .ratios import PLACEMENTS, member_ratios
-from .samplers import SAMPLERS, make_sampler
-from .space import ALIASES, Param, Space, SpaceError, parse_space, sample_space
+from .space import ALIASES, LADDER_KEYS, SPEC_KEYS, Param, Space, parse_space
 
 SPACES_DIR = Path(__file__).resolve().parent
 
-__all__ = ["ALIASES", "PLACEMENTS", "Param", "SAMPLERS", "SPACES_DIR", "Space", "SpaceError", "make_sampler",
-           "member_ratios", "parse_space", "sample_space"]
+__all__ = ["ALIASES", "LADDER_KEYS", "PLACEMENTS", "Param", "SPACES_DIR", "SPEC_KEYS", "Space", "member_ratios",
+           "parse_space"]

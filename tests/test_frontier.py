@@ -3,7 +3,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from search.frontier import best_at_budgets, frontier_records, pareto_front
+from search.frontier import best_at_budgets, frontier_records, hypervolume, pareto_front
+from search.record import TrialRecord
 
 
 def _front_2d(points):
@@ -46,12 +47,30 @@ def test_pareto_front_is_exactly_the_non_dominated_set_in_3d(points):
 
 def test_only_finished_trials_reach_the_frontier():
     rng = random.Random(0)
-    trials = [{"status": "finished", "accuracy": rng.uniform(50, 90), "flops": rng.uniform(1e6, 9e6)} for _ in range(20)]
-    trials.append({"status": "stopped", "accuracy": 99.0, "flops": 1.0})   # partial budget: must not count
-    trials.append({"status": "failed"})
-    front = frontier_records(trials, {"accuracy": "max", "flops": "min"})
-    assert all(t["status"] == "finished" for t in front)
-    assert [t["flops"] for t in front] == sorted(t["flops"] for t in front)
+    trials = [TrialRecord(str(i), "finished", val_accuracy=rng.uniform(50, 90), test_accuracy=rng.uniform(50, 90),
+                          flops=rng.uniform(1e6, 9e6)) for i in range(20)]
+    trials.append(TrialRecord("s", "stopped", val_accuracy=99.0, flops=1.0))   # partial budget: must not count
+    trials.append(TrialRecord("f", "failed"))
+    front = frontier_records(trials, {"val_accuracy": "max", "flops": "min"})
+    assert all(t.finished for t in front)
+    assert [t.flops for t in front] == sorted(t.flops for t in front)
     best = best_at_budgets(trials, [5e6, 0.5])
-    assert best[1] is None and best[0]["flops"] <= 5e6
-    assert best[0]["accuracy"] == max(t["accuracy"] for t in trials[:20] if t["flops"] <= 5e6)
+    assert best[1] is None and best[0].flops <= 5e6
+    assert best[0].val_accuracy == max(t.val_accuracy for t in trials[:20] if t.flops <= 5e6)
+
+
+def test_selection_uses_validation_where_test_disagrees():
+    """Same FLOPs: b is better on validation, a on test. The frontier and best() choose b; test never selects."""
+    a = TrialRecord("a", "finished", val_accuracy=80.0, test_accuracy=95.0, flops=2e6, params=1.0)
+    b = TrialRecord("b", "finished", val_accuracy=90.0, test_accuracy=70.0, flops=2e6, params=1.0)
+    assert [t.trial_id for t in frontier_records([a, b], {"val_accuracy": "max", "flops": "min"})] == ["b"]
+    assert best_at_budgets([a, b], [3e6])[0].trial_id == "b"
+
+
+def test_hypervolume_is_the_dominated_area_above_chance_below_the_teacher():
+    base = dict(status="finished", base_flops=10.0, num_classes=10)  # chance 10%
+    one = TrialRecord("1", val_accuracy=55.0, flops=5.0, **base)      # (10 - 5) * (55 - 10) / (10 * 90) = 0.25
+    assert hypervolume([one]) == 0.25
+    two = TrialRecord("2", val_accuracy=100.0, flops=9.0, **base)     # adds (10 - 9) * (100 - 55) / 900 = 0.05
+    assert abs(hypervolume([one, two]) - 0.30) < 1e-12
+    assert hypervolume([TrialRecord("f", "failed")]) is None

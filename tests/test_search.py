@@ -1,8 +1,11 @@
 """A real search end to end: local Ray, MLflow in SQLite under a temp dir, the smoke space."""
+import json
+import os
 from pathlib import Path
 
-import mlflow
+import optuna
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from cascade.engine import evaluate, resolve_device
@@ -18,22 +21,56 @@ FAST = {"num_trials": 3, "teacher.epochs": 2, "budget.joint_epochs": 1, "budget.
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
+    """The smoke search, with storage apart from the results dir; the driver process cannot train a teacher
+    (train_teacher raises here), so the search passes only if a Ray worker trained it."""
     root = tmp_path_factory.mktemp("search")
-    result = run_search(SMOKE, {**FAST, "results_dir": str(root)}, verbose=0)
+
+    def no_training_in_the_driver(*a, **k):
+        raise AssertionError("the driver trained the teacher")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("cascade.teacher.train_teacher", no_training_in_the_driver)
+        result = run_search(SMOKE, {**FAST, "results_dir": str(root / "results"), "storage": str(root / "shared")},
+                            verbose=0)
+    result.storage = root / "shared"
     return result
 
 
 @pytest.mark.slow
 def test_every_smoke_trial_finishes(smoke):
     assert len(smoke.trials) == 3
-    assert [t["status"] for t in smoke.trials] == ["finished"] * 3
+    assert [t.status for t in smoke.trials] == ["finished"] * 3
     for t in smoke.trials:
-        assert 0 < t["flops"] < t["base_flops"] and 0 <= t["accuracy"] <= 100
-        assert len(t["overrides"]["cascade.ratios"]) == t["config"]["num_tas"] + 1
+        assert 0 < t.flops < t.base_flops and 0 <= t.val_accuracy <= 100 and 0 <= t.test_accuracy <= 100
+        assert len(t.overrides["cascade.ratios"]) == t.config["num_tas"] + 1
+        assert t.name == f"t{t.name[1:3]}-{t.config['num_tas']}TA-k{t.config['student_ratio']:.2f}"
     for name in ("frontier.csv", "frontier.png", "trials.json", "search.yaml", "optuna.journal", "mlflow.db"):
         assert (smoke.run_dir / name).exists(), name
     assert any((smoke.run_dir / "artifacts").rglob("MLmodel"))  # artifacts beside the store, not in ./mlruns
     assert not (Path.cwd() / "mlruns").exists()
+    header = (smoke.run_dir / "frontier.csv").read_text().splitlines()[0].split(",")
+    assert {"val_accuracy", "test_accuracy"} <= set(header)
+
+
+@pytest.mark.slow
+def test_tune_state_and_the_teacher_live_in_storage_trained_by_a_worker(smoke):
+    assert not (smoke.run_dir / "tune").exists()
+    assert len(list((smoke.storage / "smoke" / "tune").glob("trial_*/checkpoint_*"))) == 3
+    (teacher,) = (smoke.storage / "teachers").glob("*/teacher.pt")
+    info = json.loads((teacher.parent / "config.json").read_text())
+    assert info["trained_by_pid"] != os.getpid() and info["test_accuracy"] > 10
+
+
+@pytest.mark.slow
+def test_optuna_optimised_validation_accuracy_and_knows_each_mlflow_run(smoke):
+    study = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(smoke.run_dir / "optuna.journal"))))
+    by_run = {t.mlflow_run_id: t for t in smoke.trials}
+    assert len(study.trials) == 3
+    for ot in study.trials:
+        t = by_run[ot.user_attrs["mlflow_run_id"]]
+        assert ot.values == [t.val_accuracy, t.flops]  # the objective is validation, never test
+        assert t.name.startswith(f"t{ot.number:02d}-")
 
 
 @pytest.mark.slow
@@ -42,52 +79,74 @@ def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
     parent = client.get_run(smoke.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert {"code_version", "config_hash"} <= set(parent.data.tags)
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's UI opens the runs table
+    assert parent.inputs.dataset_inputs[0].dataset.name == "digits"
+    assert 0 < parent.data.metrics["hypervolume"] <= 1
+    assert len(client.get_metric_history(smoke.parent_run_id, "hypervolume")) >= 3  # logged as trials finished
+    assert parent.data.metrics["hypervolume"] == pytest.approx(smoke.hypervolume)
     artifacts = {a.path for a in client.list_artifacts(smoke.parent_run_id)}
     assert {"frontier.csv", "frontier.png", "search.yaml"} <= artifacts
+    versions = client.search_model_versions("name = 'cascade-smoke'")
+    assert len(versions) == len(smoke.frontier)
+    aliases = {a for v in versions for a in client.get_model_version("cascade-smoke", v.version).aliases}
+    assert aliases == {f"flops_{t.flops / 1e6:.2f}M".replace(".", "p") for t in smoke.frontier}
     runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{smoke.parent_run_id}'")
     assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.info.run_name for r in runs} == {t.name for t in smoke.trials}
     for r in runs:
+        assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.name == "digits"
         p, m = r.data.params, r.data.metrics
         n = int(p["num_tas"])
         assert {"student_ratio", "tau", "lambda_kd", "lr", "score_lr", "node_id"} <= set(p)
         assert {f"ratio_m{i}" for i in range(n + 1)} <= set(p)
-        assert {"accuracy", "flops", "params", "flops_reduction", "params_reduction"} <= set(m)
+        assert {"val_accuracy", "test_accuracy", "flops", "params", "flops_reduction", "params_reduction"} <= set(m)
         assert {f"val_acc/m{i}" for i in range(n + 1)} <= set(m) and {f"kept/m{i}" for i in range(n + 1)} <= set(m)
         history = client.get_metric_history(r.info.run_id, "val_acc/m0")
         assert len(history) == 2  # one point per epoch (1 joint + 1 fine-tune)
 
 
 @pytest.mark.slow
-def test_frontier_is_the_non_dominated_set_of_finished_trials(smoke):
-    done = [t for t in smoke.trials if t["status"] == "finished"]
-    expect = {done[i]["trial_id"] for i in pareto_front([(t["accuracy"], t["flops"]) for t in done], ["max", "min"])}
-    assert {t["trial_id"] for t in smoke.frontier} == expect
-    best = smoke.best(max_flops=max(t["flops"] for t in done))
-    assert best["accuracy"] == max(t["accuracy"] for t in done)
+def test_frontier_is_the_non_dominated_set_of_finished_trials_on_validation(smoke):
+    done = [t for t in smoke.trials if t.finished]
+    expect = {done[i].trial_id for i in pareto_front([(t.val_accuracy, t.flops) for t in done], ["max", "min"])}
+    assert {t.trial_id for t in smoke.frontier} == expect
+    best = smoke.best(max_flops=max(t.flops for t in done))
+    assert best.val_accuracy == max(t.val_accuracy for t in done)
     assert smoke.best(max_flops=0) is None
 
 
 @pytest.mark.slow
-def test_logged_student_loads_and_reproduces_its_accuracy(smoke):
+def test_logged_student_loads_and_reproduces_its_accuracies(smoke):
     t = smoke.frontier[0]
-    mlflow.set_tracking_uri(smoke.tracking_uri)
-    model = mlflow.pytorch.load_model(t["model_uri"])
-    cfg = trial_prune_config(load_config(smoke.run_dir / "search.yaml"), t["overrides"])
-    acc = evaluate(model, load_prune_data(cfg).test, resolve_device("cpu"))
-    assert acc == pytest.approx(t["accuracy"], abs=1e-6)
-    assert sum(p.numel() for p in model.parameters()) < t["base_params"]
+    model = smoke.load_model(t)
+    cfg = trial_prune_config(load_config(smoke.run_dir / "search.yaml"), t.overrides)
+    data = load_prune_data(cfg)
+    assert evaluate(model, data.test, resolve_device("cpu")) == pytest.approx(t.test_accuracy, abs=1e-6)
+    assert evaluate(model, data.val, resolve_device("cpu")) == pytest.approx(t.val_accuracy, abs=1e-6)
+    assert sum(p.numel() for p in model.parameters()) < t.base_params
 
 
 @pytest.mark.slow
-def test_frontier_command_reprints_the_table(smoke, capsys):
-    assert main(["frontier", str(smoke.run_dir), "--budget", "1e9"]) == 0
+def test_frontier_command_reprints_the_table_without_the_data(smoke, tmp_path, capsys):
+    """From a copy of the search whose data root exists nowhere here: the frontier needs only the records."""
+    copy = tmp_path / "smoke"
+    copy.mkdir()
+    for name in ("search.yaml", "search.json", "trials.json"):
+        (copy / name).write_bytes((smoke.run_dir / name).read_bytes())
+    cfg = yaml.safe_load((copy / "search.yaml").read_text())
+    cfg["data"].update(name="imagefolder", root="/nonexistent/data")
+    (copy / "search.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["frontier", str(copy), "--budget", "1e9"]) == 0
     out = capsys.readouterr().out
-    assert smoke.frontier[0]["mlflow_run_id"] in out and "best accuracy within" in out
+    assert smoke.frontier[0].mlflow_run_id in out and "best validation accuracy within" in out
+    assert "val %" in out and "test %" in out and (copy / "frontier.png").exists()
 
 
 @pytest.mark.parametrize("override,field", [
     ("num_trials=0", "num_trials"),
-    ("objectives={accuracy: max, latency: min}", "objectives.latency"),
+    ("objectives={val_accuracy: max, latency: min}", "objectives.latency"),
+    ("objectives={accuracy: max, flops: min}", "objectives.accuracy"),  # the test split never selects
     ("sampler.name=cmaes-ish", "sampler.name"),
     ("scheduler.name=asha", "scheduler.name"),
     ("space.tau={low: 3.0, high: 1.0}", "space.tau"),
@@ -130,3 +189,30 @@ def test_unreachable_tracking_server_fails_fast(tmp_path, capsys):
                  f"mlflow.tracking_uri={url}"]) == 2
     assert capsys.readouterr().err.startswith(f"error: mlflow.tracking_uri: no MLflow server answers at {url}")
     assert not (tmp_path / "r").exists()
+
+
+def test_set_reaches_into_fixed_and_space_and_print_config_shows_it(tmp_path, capsys):
+    assert main(["search", str(SMOKE), "--set", f"results_dir={tmp_path / 'r'}",
+                 "--set", "fixed.optim.weight_decay=1e-3", "--set", "space.tau.high=30",
+                 "--set", "space.optim.momentum={low: 0.8, high: 0.95}", "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["fixed"] == {"loss.hint_layers": 3, "optim.weight_decay": 1e-3}
+    assert cfg["space"]["tau"] == {"low": 2.0, "high": 30, "log": True}
+    assert cfg["space"]["optim.momentum"] == {"low": 0.8, "high": 0.95}
+    assert cfg["results_dir"] == str(tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # printed, nothing run or written
+    # and a bad value there is caught like any other, naming its path
+    assert main(["search", str(SMOKE), "--set", "space.tau.low=0", "--print-config"]) == 2
+    assert capsys.readouterr().err.startswith("error: space.tau.low:")
+
+
+def test_relative_paths_inside_a_ray_job_working_dir_are_refused(tmp_path):
+    from cascade.config import ConfigError
+    from search.config import resolve_paths
+
+    job_dir = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    with pytest.raises(ConfigError) as e:
+        resolve_paths(load_config(SMOKE), cwd=job_dir)
+    assert e.value.field == "results_dir" and "$PWD/results" in e.value.message
+    cfg = resolve_paths(load_config(SMOKE, [f"results_dir={tmp_path}/r", "storage=s3://bucket/x"]), cwd=job_dir)
+    assert cfg.results_dir == f"{tmp_path}/r" and cfg.tune_path == "s3://bucket/x/smoke/tune"

@@ -1,7 +1,9 @@
 import optuna
 import pytest
 
-from spaces import SpaceError, member_ratios, parse_space, sample_space
+from cascade.config import ConfigError
+from search.sampling import sample_space
+from spaces import member_ratios, parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -51,6 +53,6 @@ def test_conditional_parameters_get_distinct_names_per_branch():
     ({"placement": {"choices": ["paper", "zigzag"]}}, "space.placement"),
 ])
 def test_bad_spaces_name_the_yaml_path(space, field):
-    with pytest.raises(SpaceError) as e:
+    with pytest.raises(ConfigError) as e:
         parse_space(space)
     assert e.value.field == field
