@@ -115,7 +115,8 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
         final = {**result, "test_accuracy": result["accuracy"], "num_classes": data.num_classes}
         final = {k: final[k] for k in FINAL_KEYS}
         members = {f"member_{k}/m{i}": mm[k] for i, mm in enumerate(result["members"])
-                   for k in ("test_acc", "flops", "params", "requested_flops", "requested_params") if mm[k] is not None}
+                   for k in ("test_acc", "flops", "params", "requested_flops", "requested_params", "budget_used")
+                   if mm[k] is not None}
         run.log_metrics({**final, **members}, step=step)
         run.finish("FINISHED")
         tune.report({**final, "done_full_budget": 1, "epoch_total": step, "finetune": 1,

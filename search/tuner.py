@@ -51,6 +51,9 @@ def _full_budget_searcher():
 def fit(cfg: SearchConfig, ctx: TrialContext, *, journal: Path, callbacks: list, resume: bool, verbose: bool):
     """Run (or resume) the trials under Ray Tune; returns Tune's ResultGrid. Ray must be initialised."""
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # flops/params arrive with the last report
+    # Snapshot the experiment state after every result (trials report once an epoch, so it costs nothing): a driver
+    # killed right after a trial checkpointed otherwise resumes that trial from scratch, in a second MLflow run.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     import optuna
     from ray import tune
 

@@ -30,10 +30,11 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path, caps
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     tune_dir = tmp_path / "smoke" / "tune"
     deadline = time.time() + 300
-    # kill once the second (last) trial has checkpointed one of its 3 epochs (the first trial is done by then)
+    # kill once the second trial has checkpointed one of its 3 epochs (the first trial is done by then); every
+    # trial dir is checked, as their names (random ids) do not sort in start order
     while time.time() < deadline:
         trials = sorted(tune_dir.glob("trial_*")) if tune_dir.exists() else []
-        if len(trials) >= 2 and any(trials[-1].glob("checkpoint_*")):
+        if len(trials) >= 2 and all(any(t.glob("checkpoint_*")) for t in trials):
             break
         assert proc.poll() is None, "the search ended before it could be interrupted"
         time.sleep(0.5)
