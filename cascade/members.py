@@ -420,19 +420,23 @@ class CascadeNet(nn.Module):
         return out
 
 
+def _forward_once(model: nn.Module, example_input: torch.Tensor, hooks: list) -> None:
+    """One no-grad forward with the given hook handles in place, removed afterwards."""
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def _drop_train_only_heads(body: nn.Module, example_input: torch.Tensor) -> list[str]:
     """Remove the auxiliary heads that only training runs (GoogLeNet's aux1/aux2, Inception's AuxLogits): the
     cascade's loss reads the main logits only, so they would cost compute, BN statistics and student size.
     A head is a child module with weights that an eval forward never calls; it is set to None where the
     model's train-mode forward then still runs (torchvision checks ``head is not None``), and kept otherwise."""
     called: set[nn.Module] = set()
-    hooks = [m.register_forward_hook(lambda m, i, o: called.add(m)) for m in body.modules()]
-    try:
-        with torch.no_grad():
-            body(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_once(body, example_input, [m.register_forward_hook(lambda m, i, o: called.add(m)) for m in body.modules()])
     dropped = []
     for name, m in list(body.named_modules()):
         if not name or m in called or any(name.startswith(d + ".") for d in dropped):
@@ -475,12 +479,7 @@ def _hint_points(body: nn.Module, example_input: torch.Tensor, k: int) -> list[t
     hooks += [body.get_submodule(b).register_forward_hook(
               lambda m, i, o, b=b: done.append((b, o.shape[1]) if torch.is_tensor(o) and o.dim() >= 2 else (b, -1)))
               for b in blocks]
-    try:
-        with torch.no_grad():
-            body(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_once(body, example_input, hooks)
     points = []
     for block, channels in done:
         bns = [n for n in bn_calls if (n == block or n.startswith(block + "."))
