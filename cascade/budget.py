@@ -52,6 +52,7 @@ class CostModel(nn.Module):
                     if not (per_filter == per_filter[0]).all():
                         raise ValueError(f"cannot prune: the channels of group {g.root!r} feed {name!r} unevenly")
                     w[int(direction == "out"), index[name], gi] = float(per_filter[0])
+        sizes = torch.tensor([g.size for g in groups], dtype=torch.float64)
         const = torch.zeros(2, dtype=torch.float64)
         lin = torch.zeros(2, n_groups, dtype=torch.float64)
         quad = torch.zeros(2, n_groups, n_groups, dtype=torch.float64)
@@ -64,8 +65,7 @@ class CostModel(nn.Module):
             else:  # a Linear over (B, ..., F): once per position of the middle dims (tokens)
                 kk, macs, n_in, n_out, fan_in = 1, math.prod(shape[1:-1]), m.in_features, m.out_features, 0
             w_in, w_out = w[0, i], w[1, i]
-            in0, out0 = n_in - float(w_in @ torch.tensor([g.size for g in groups], dtype=torch.float64)), \
-                n_out - float(w_out @ torch.tensor([g.size for g in groups], dtype=torch.float64))
+            in0, out0 = n_in - float(w_in @ sizes), n_out - float(w_out @ sizes)  # channels in no group
             bias = float(m.bias is not None)
             for k, unit in enumerate((macs, kk)):  # flops: MACs per (input, output) pair; params: weights per pair
                 if fan_in:  # n_out x a fixed fan-in: linear in the counts
@@ -187,15 +187,13 @@ def fill(mask: torch.Tensor, scores: torch.Tensor, layout: _Layout, *, kind: str
     cost = CostModel(layout.cost.const.cpu(), layout.cost.lin.cpu(), layout.cost.quad.cpu())
     n_groups = len(sizes)
     counts = group_counts(mask.long(), group_of, n_groups)
-    step = round_to
     order, _ = rank_order(scores[None], group_of, n_groups)
     grank = _group_rank(order, group_of, layout.offsets.cpu())[0]
     spent = float(cost.price(counts, kind))
     while True:
-        # each group's candidate: its next ``step`` filters (fewer at its end), scored by the best of them
-        add = torch.minimum(torch.full_like(sizes, step), sizes - counts)                   # (G,)
-        delta = torch.stack([cost.price(counts + torch.eye(n_groups, dtype=torch.long)[g] * add[g], kind)
-                             for g in range(n_groups)]) - spent if step > 1 else cost.marginal(counts, kind)
+        # each group's candidate: its next ``round_to`` filters (fewer at its end), scored by the best of them
+        add = torch.minimum(torch.full_like(sizes, round_to), sizes - counts)               # (G,)
+        delta = cost.price(counts + torch.diag(add), kind) - spent if round_to > 1 else cost.marginal(counts, kind)
         nxt = (grank == counts[group_of]) & ~mask                                           # each group's next filter
         best = torch.full((n_groups,), float("-inf")).scatter_reduce(0, group_of[nxt], scores[nxt], reduce="amax")
         ok = (add > 0) & (spent + delta <= limit)

@@ -339,11 +339,15 @@ class CascadeNet(nn.Module):
         """(N, F) -> one (N, C_g) tensor per group."""
         return list(masks.split(self.sizes.tolist(), dim=1))
 
+    def _bn_masks(self, masks: torch.Tensor) -> list[torch.Tensor]:
+        """(N, F) -> each BatchNorm's (N, C_bn) mask, every channel from its own group (or always kept)."""
+        masks = torch.cat([masks, masks.new_ones(self.n, 1)], dim=1)  # (N, F+1): the last slot is "always kept"
+        return [masks[:, getattr(self, f"_bn_index{i}")] for i in range(len(self._bns))]
+
     def _apply_masks(self, masks: torch.Tensor | None) -> None:
-        if masks is not None:
-            masks = torch.cat([masks, masks.new_ones(self.n, 1)], dim=1)  # (N, F+1): the last slot is "always kept"
-        for i, (bn, _) in enumerate(self._bns):
-            bn.mask = None if masks is None else masks[:, getattr(self, f"_bn_index{i}")].reshape(-1)
+        per_bn = [None] * len(self._bns) if masks is None else [m.reshape(-1) for m in self._bn_masks(masks)]
+        for (bn, _), m in zip(self._bns, per_bn):
+            bn.mask = m
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, *, with_features: bool = False):
@@ -371,8 +375,7 @@ class CascadeNet(nn.Module):
     def kept_positions(self, i: int, bn: str) -> torch.Tensor:
         """The channel positions of BatchNorm ``bn`` that member i keeps (final masks)."""
         k = [name for _, name in self._bns].index(bn)
-        masks = torch.cat([self.final_masks(), self.final_masks().new_ones(self.n, 1)], dim=1)
-        return torch.nonzero(masks[i, getattr(self, f"_bn_index{k}")]).flatten()
+        return torch.nonzero(self._bn_masks(self.final_masks())[k][i]).flatten()
 
     def plain_member(self, i: int) -> nn.Module:
         """Member i as the original architecture at full width (its stem, BNs and head), unpruned."""
