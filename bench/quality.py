@@ -1,23 +1,31 @@
-"""Quality vs peers: test accuracy at matched FLOPs of the cascade (0, 1, 3 TAs) against one-shot L1 channel
-pruning + KD fine-tuning (Torch-Pruning) and a uniformly thinner network trained from scratch with KD.
+"""Quality vs peers: accuracy at matched FLOPs of the cascade (0-3 TAs, and ablations) against one-shot
+Torch-Pruning + KD fine-tuning (uniform L1, and global pruning with group-norm or Taylor importance) and a
+uniformly thinner network trained from scratch with KD, over several seeds.
 
-    python bench/quality.py --data DIR [--mode cpu|gpu] [--targets 0.57 0.73 0.83] [--epochs J F] [--set K=V]
+    python bench/quality.py --data DIR [--mode cpu|gpu] [--targets 0.73 0.83] [--seeds 0 1 2]
+                            [--methods cascade_0ta cascade_1ta:no_hints l1_kd ...] [--epochs J F] [--set K=V]
 
 DIR is an ImageFolder-layout CIFAR-10 (train/ and test/ of class folders, e.g. the shared JPEG archive
-extracted). Every method gets the same data split, the same frozen teacher, the same seed and the same
-number of epochs (the cascade's joint + fine-tune epochs; the peers train that many epochs in total):
+extracted). Every method gets the same data split and the same frozen teacher (both from seed 0); a seed
+changes the run's own randomness (batch order, augmentation, peers' Taylor batches). Each gets the same number
+of epochs (the cascade's joint + fine-tune epochs; the peers train that many epochs in total):
 
 - ``cascade_<n>ta``: ``cascade prune`` with n TAs at the paper's placement, FLOPs budget = the target;
-  ``cascade_0ta_l1init`` is the ablation with ``score_init: l1`` instead of the default ``rank``;
+  ``cascade_<n>ta:<ablation>`` the same with one ``ABLATIONS`` override (each undoes one choice);
 - ``l1_kd``: Torch-Pruning's MagnitudePruner (L1, uniform per-layer ratio, linear layers kept) on the teacher,
   the ratio bisected to the target FLOPs, then KD fine-tuning with the cascade's fine-tune optimizer;
+- ``tp_global_norm`` / ``tp_global_taylor``: Torch-Pruning's global (non-uniform) pruning with group-L2 or
+  first-order Taylor importance (gradients of the KD loss on a few training batches), the global ratio bisected
+  to the target FLOPs, then the same KD fine-tuning;
 - ``thin_kd``: the same architecture with a smaller width multiplier (bisected to the target FLOPs), trained
   from random init with KD and the teacher's recipe (lr 0.05, one cosine cycle).
 
 KD everywhere is the cascade's logit loss (CE + lambda_KD * tau^2 * KL, same tau and lambda_KD); the cascade
-also has its 0.001-weighted hint term. Each finished (method, target) row is saved at once into the JSON and
-skipped on a rerun with the same settings, so a long GPU run resumes; cascade runs also resume mid-run from
-their own checkpoints. Writes bench/quality.json and bench/quality.png (accuracy vs FLOPs).
+also has its hint term. Selection uses validation only: per target, the best cascade variant and the best peer
+are the ones with the highest seed-mean validation accuracy; their test accuracies are compared. Each finished
+(method, target, seed) row is saved at once into the JSON and skipped on a rerun with the same settings, so a
+long run resumes; cascade runs also resume mid-run from their own checkpoints. Writes bench/quality.json and
+bench/quality.png (seed-mean test accuracy +- std vs FLOPs).
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import copy
 import hashlib
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -42,14 +51,35 @@ from cascade.train import load_prune_data, run_prune
 from spaces import member_ratios
 
 HERE = Path(__file__).parent
-# CPU: small width, a 10k-image subset and few epochs (< 1 h on 2 cores). GPU: the paper's VGG16 setting.
+# CPU: small width, a 10k-image subset and few epochs. GPU: the paper's VGG16 setting.
 MODES = {
     "cpu": dict(width=0.25, train_subset=10_000, teacher_epochs=15, epochs=(4, 4), batch_size=128),
     "gpu": dict(width=1.0, train_subset=None, teacher_epochs=200, epochs=(80, 80), batch_size=128),
 }
 # The paper's three students as FLOPs reductions of VGG16 (313M -> 134M, 83M, 52M).
 PAPER_TARGETS = [0.57, 0.73, 0.83]
-METHODS = ["cascade_0ta", "cascade_1ta", "cascade_3ta", "cascade_0ta_l1init", "l1_kd", "thin_kd"]
+CASCADES = {"cascade_0ta": 0, "cascade_1ta": 1, "cascade_2ta": 2, "cascade_3ta": 3}
+PEERS = ["l1_kd", "tp_global_norm", "tp_global_taylor", "thin_kd"]
+# Each ablation undoes one of the method's choices (BENCHMARKS.md, "Quality vs peers").
+ABLATIONS = {
+    "shared_own_grads": ["loss.own_grads=shared"],   # members' own BN/stem/head trained at w_i (was 1/N) x lr
+    "no_hints": ["loss.lambda_h=0"],
+    "score_lr_1e-4": ["optim.score_lr=1e-4"],         # the paper's constant score lr instead of the scaled one
+    "student_w0.75": ["loss.student_weight=0.75"],    # 3/4 of the shared weights' gradient from the student
+    "l1init": ["cascade.score_init=l1"],
+    "filters_budget": ["cascade.budget=filters"],     # the paper's k (a fraction of filters), not of FLOPs
+}
+DEFAULT_METHODS = ["cascade_0ta", "cascade_1ta", "cascade_2ta", "l1_kd", "tp_global_norm", "tp_global_taylor"]
+
+
+def method_arg(name: str) -> str:
+    base, _, ablation = name.partition(":")
+    if base in PEERS and not ablation:
+        return name
+    if base in CASCADES and (not ablation or ablation in ABLATIONS):
+        return name
+    raise argparse.ArgumentTypeError(f"unknown method {name!r}: expected one of {', '.join([*CASCADES, *PEERS])}, "
+                                     f"a cascade optionally with :<ablation> ({', '.join(ABLATIONS)})")
 
 
 def main() -> None:
@@ -57,15 +87,15 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="ImageFolder CIFAR-10 root (train/, test/)")
     ap.add_argument("--mode", choices=sorted(MODES), default="cpu")
     ap.add_argument("--targets", type=float, nargs="+", default=PAPER_TARGETS, help="FLOPs fractions removed")
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    ap.add_argument("--methods", nargs="+", type=method_arg, default=DEFAULT_METHODS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, nargs=2, metavar=("JOINT", "FINETUNE"), help="override the mode's")
     ap.add_argument("--width", type=float, help="override the mode's width multiplier")
     ap.add_argument("--train-subset", type=int, help="override the mode's training subset")
     ap.add_argument("--teacher-epochs", type=int, help="override the mode's teacher epochs")
     ap.add_argument("--teacher", help="a teacher checkpoint instead of training one")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="prune-config override for every method, e.g. optim.score_lr=1e-3 (repeatable)")
-    ap.add_argument("--seed", type=int, default=0)
+                    help="prune-config override for every method, e.g. optim.lr=0.01 (repeatable)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workdir", default="results/bench_quality", help="run directories (checkpoints)")
     ap.add_argument("--out", default=str(HERE / "quality.json"))
@@ -76,7 +106,7 @@ def main() -> None:
         if getattr(args, key) is not None:
             mode[key] = tuple(args.epochs) if key == "epochs" else getattr(args, key)
     joint, finetune = mode["epochs"]
-    cfg = PruneConfig(seed=args.seed, device=args.device)
+    cfg = PruneConfig(seed=0, device=args.device)
     cfg.model.width = mode["width"]
     cfg.data.name, cfg.data.root = "imagefolder", args.data
     cfg.data.train_subset, cfg.data.batch_size = mode["train_subset"], mode["batch_size"]
@@ -85,8 +115,8 @@ def main() -> None:
     cfg = prune_config(to_dict(cfg), args.set)
     settings = {"mode": args.mode, "model": cfg.model.name, **{k: list(v) if isinstance(v, tuple) else v
                                                                 for k, v in mode.items()},
-                "seed": args.seed, "teacher": args.teacher, "data": str(Path(args.data).resolve()),
-                "score_init": cfg.cascade.score_init, **({"set": args.set} if args.set else {})}
+                "teacher": args.teacher, "data": str(Path(args.data).resolve()),
+                **({"set": args.set} if args.set else {})}
     # run directories keyed by the settings: a rerun resumes its own cascades, never another table's
     workdir = Path(args.workdir) / hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -95,89 +125,167 @@ def main() -> None:
     if report.get("settings") != settings:  # other settings: start a fresh table
         report = {"settings": settings, "rows": []}
     device = resolve_device(args.device)
-    data = load_prune_data(cfg)
+    data = load_prune_data(cfg)       # seed 0: one split and one teacher for every method and seed
     teacher, t_acc = get_teacher(cfg, data, device)
     base_flops, base_params = count_flops(teacher, data.input_size)
     report.update(teacher={"accuracy": t_acc, "flops": base_flops, "params": base_params},
                   machine={"machine": platform.machine(), "torch": torch.__version__, "device": str(device),
                            "threads": torch.get_num_threads()}, date=time.strftime("%Y-%m-%d"))
     print(f"teacher: {t_acc:.2f}% at {base_flops / 1e6:.2f}M FLOPs; {len(data.train)} train images, "
-          f"{len(data.test)} test; {joint}+{finetune} epochs")
+          f"{len(data.val)} val, {len(data.test)} test; {joint}+{finetune} epochs")
 
-    done = {(r["method"], r["target"]) for r in report["rows"]}
-    for target in args.targets:
-        for method in args.methods:
-            if (method, target) in done:
-                continue
-            t0 = time.time()
-            if method.startswith("cascade_"):
+    done = {(r["method"], r["target"], r["seed"]) for r in report["rows"]}
+    for seed in args.seeds:
+        for target in args.targets:
+            for method in args.methods:
+                if (method, target, seed) in done:
+                    continue
+                t0 = time.time()
                 run_cfg = copy.deepcopy(cfg)
-                run_cfg.cascade.ratios = member_ratios(target, int(method[len("cascade_")]), "paper")
-                if method.endswith("_l1init"):
-                    run_cfg.cascade.score_init = "l1"
-                res = run_prune(run_cfg, workdir / f"{method}_{target}", data=data,
-                                teacher=(teacher, t_acc))
-                acc, val_acc = res["accuracy"], res["val_accuracy"]
-                extra = {"student_after_joint": res["members"][0]["test_acc"]}
-                flops, params = res["flops"], res["params"]
-            else:
-                if method == "l1_kd":  # pretrained weights, L1-selected channels; the cascade's fine-tune recipe
-                    student = l1_prune(teacher, (1 - target) * base_flops, data.input_size)
-                    recipe = dict(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                  restart_epochs=cfg.optim.restart_epochs, restart_decay=cfg.optim.restart_decay)
-                else:  # random init at a smaller width; the teacher's recipe (from scratch needs a larger lr)
-                    student = thinner(cfg, (1 - target) * base_flops, data)
-                    recipe = dict(lr=cfg.teacher.lr, weight_decay=cfg.teacher.weight_decay,
-                                  restart_epochs=joint + finetune, restart_decay=1.0)
-                flops, params = count_flops(student, data.input_size)
-                extra = {"start_acc": float(evaluate(prepare(student, device), data.test, device))}
-                student = distill(student, teacher, data, cfg, device, epochs=joint + finetune, **recipe)
-                acc = float(evaluate(student, data.test, device))
-                val_acc = float(evaluate(student, data.val, device))
-            row = {"method": method, "target": target, "accuracy": acc, "val_accuracy": val_acc, "flops": flops,
-                   "params": params,
-                   "flops_reduction": 1 - flops / base_flops, "wall_s": time.time() - t0, **extra}
-            print(f"== {method} @ -{target:.0%} FLOPs: {acc:.2f}% at {flops / 1e6:.2f}M "
-                  f"(-{row['flops_reduction']:.1%}), {row['wall_s']:.0f}s")
-            report["rows"].append(row)
-            out.write_text(json.dumps(report, indent=2))
-    report["chosen_by_validation"] = chosen_by_validation(report["rows"])
+                run_cfg.seed = seed
+                base, _, ablation = method.partition(":")
+                if base in CASCADES:
+                    run_cfg = prune_config(to_dict(run_cfg), ABLATIONS.get(ablation, []))
+                    run_cfg.cascade.ratios = member_ratios(target, CASCADES[base], "paper")
+                    res = run_prune(run_cfg, workdir / f"{method.replace(':', '-')}_{target}_s{seed}", data=data,
+                                    teacher=(teacher, t_acc))
+                    acc, val_acc, flops, params = res["accuracy"], res["val_accuracy"], res["flops"], res["params"]
+                    churn = [h["churn/m0"] for h in res["history"] if h["phase"] == "joint"]
+                    extra = {"student_after_joint": res["members"][0]["test_acc"],
+                             "members_after_joint": [m["val_acc"] for m in res["members"]],
+                             "churn_per_epoch": churn}
+                else:
+                    student, recipe = peer(base, teacher, target, base_flops, data, run_cfg, device)
+                    flops, params = count_flops(student, data.input_size)
+                    extra = {"start_acc": float(evaluate(prepare(student, device), data.test, device))}
+                    student = distill(student, teacher, data, run_cfg, device, epochs=joint + finetune, **recipe)
+                    acc = float(evaluate(student, data.test, device))
+                    val_acc = float(evaluate(student, data.val, device))
+                row = {"method": method, "target": target, "seed": seed, "accuracy": acc, "val_accuracy": val_acc,
+                       "flops": flops, "params": params, "flops_reduction": 1 - flops / base_flops,
+                       "wall_s": time.time() - t0, **extra}
+                print(f"== {method} @ -{target:.0%} FLOPs, seed {seed}: test {acc:.2f}% val {val_acc:.2f}% at "
+                      f"{flops / 1e6:.2f}M (-{row['flops_reduction']:.1%}), {row['wall_s']:.0f}s", flush=True)
+                report["rows"].append(row)
+                out.write_text(json.dumps(report, indent=2))
+    report["summary"] = summarize(report["rows"])
+    report["verdict"] = verdict(report["summary"])
     out.write_text(json.dumps(report, indent=2))
     plot(report, out.with_suffix(".png"))
     print(table(report))
-    for target, c in report["chosen_by_validation"].items():
-        print(f"-{float(target):.0%} FLOPs: validation chooses {c['method']} (val {c['val_accuracy']:.2f}%), "
-              f"test {c['accuracy']:.2f}%")
 
 
-def chosen_by_validation(rows: list[dict]) -> dict[str, dict]:
-    """Per target, the method validation accuracy picks and its test accuracy (rows without a validation
-    figure, from older runs, take no part): the unbiased figure when one method is to be chosen."""
-    chosen: dict[str, dict] = {}
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (target, method): the seed mean and std of test and validation accuracy, FLOPs and wall time."""
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r.get("val_accuracy") is None:
-            continue
-        key = str(r["target"])
-        if key not in chosen or r["val_accuracy"] > chosen[key]["val_accuracy"]:
-            chosen[key] = {k: r[k] for k in ("method", "val_accuracy", "accuracy", "flops")}
-    return chosen
+        groups.setdefault((r["target"], r["method"]), []).append(r)
+    out = []
+    for (target, method), rs in sorted(groups.items()):
+        stat = lambda k: (statistics.fmean(r[k] for r in rs),  # noqa: E731
+                          statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0.0)
+        (acc, acc_sd), (val, val_sd) = stat("accuracy"), stat("val_accuracy")
+        out.append({"target": target, "method": method, "seeds": len(rs), "accuracy": acc, "accuracy_std": acc_sd,
+                    "val_accuracy": val, "val_accuracy_std": val_sd, "flops": statistics.fmean(r["flops"] for r in rs),
+                    "flops_reduction": statistics.fmean(r["flops_reduction"] for r in rs),
+                    "wall_s": statistics.fmean(r["wall_s"] for r in rs)})
+    return out
+
+
+def verdict(summary: list[dict]) -> dict[str, dict]:
+    """Per target: the best cascade variant and the best peer, each chosen by seed-mean validation accuracy,
+    and the gap of their seed-mean test accuracies; and the best TA variant against 0 TAs (plain variants)."""
+    out: dict[str, dict] = {}
+    for target in sorted({s["target"] for s in summary}):
+        rows = [s for s in summary if s["target"] == target]
+        cascades = [s for s in rows if s["method"].startswith("cascade_")]
+        peers = [s for s in rows if not s["method"].startswith("cascade_")]
+        v: dict = {}
+        if cascades and peers:
+            c, p = (max(g, key=lambda s: s["val_accuracy"]) for g in (cascades, peers))
+            v.update(best_cascade=c["method"], best_peer=p["method"], cascade_accuracy=c["accuracy"],
+                     peer_accuracy=p["accuracy"], gap=c["accuracy"] - p["accuracy"])
+        plain = {s["method"]: s for s in cascades if ":" not in s["method"]}
+        tas = [s for m, s in plain.items() if m != "cascade_0ta"]
+        if "cascade_0ta" in plain and tas:
+            t = max(tas, key=lambda s: s["val_accuracy"])
+            v.update(best_ta=t["method"], ta_gain=t["accuracy"] - plain["cascade_0ta"]["accuracy"])
+        out[str(target)] = v
+    return out
+
+
+def peer(method: str, teacher: nn.Module, target: float, base_flops: int, data, cfg: PruneConfig,
+         device: torch.device) -> tuple[nn.Module, dict]:
+    """The peer's starting student at the target FLOPs and its training recipe."""
+    max_flops = (1 - target) * base_flops
+    if method == "thin_kd":  # random init at a smaller width; the teacher's recipe (from scratch needs a larger lr)
+        epochs = cfg.schedule.joint_epochs + cfg.schedule.finetune_epochs
+        return thinner(cfg, max_flops, data), dict(lr=cfg.teacher.lr, weight_decay=cfg.teacher.weight_decay,
+                                                   restart_epochs=epochs, restart_decay=1.0)
+    if method == "l1_kd":
+        student = l1_prune(teacher, max_flops, data.input_size)
+    else:
+        student = tp_global(teacher, max_flops, data, cfg, method.removeprefix("tp_global_"))
+    # pretrained weights, pruned; the cascade's fine-tune recipe
+    return student, dict(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                         restart_epochs=cfg.optim.restart_epochs, restart_decay=cfg.optim.restart_decay)
 
 
 def l1_prune(teacher: nn.Module, max_flops: float, input_size: tuple) -> nn.Module:
     """One-shot L1-magnitude channel pruning with Torch-Pruning: the largest uniform ratio within ``max_flops``."""
-    example = torch.zeros(1, *input_size)
-
     def pruned(ratio: float) -> nn.Module:
-        m = copy.deepcopy(teacher).cpu().float().eval()
-        for p in m.parameters():
-            p.requires_grad_(True)
+        m = _prunable(teacher)
         if ratio > 0:
-            linears = [x for x in m.modules() if isinstance(x, nn.Linear)]  # conv filters only, as the cascade
-            tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                      pruning_ratio=ratio, ignored_layers=linears).step()
+            tp.pruner.MagnitudePruner(m, torch.zeros(1, *input_size), importance=tp.importance.MagnitudeImportance(p=1),
+                                      pruning_ratio=ratio, ignored_layers=_linears(m)).step()
         return m
 
-    lo, hi = 0.0, 0.99  # FLOPs fall as the ratio grows: bisect for the smallest ratio within the budget
+    return _bisect(pruned, max_flops, input_size)
+
+
+def tp_global(teacher: nn.Module, max_flops: float, data, cfg: PruneConfig, importance: str) -> nn.Module:
+    """Torch-Pruning's global pruning (one channel ranking across layers, so layers shrink unevenly) with
+    group-L2 (``norm``) or first-order Taylor (``taylor``: |w * dL/dw| of the KD loss over 4 training
+    batches) importance; the largest global ratio within ``max_flops``. No layer loses more than 90%."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    batches = [b for _, b in zip(range(4), data.train.batches(cfg.data.batch_size, torch.device("cpu"), train=True,
+                                                             generator=g))]
+    t = copy.deepcopy(teacher).cpu().float().eval()
+    t_logits = [t(x).detach() for x, _ in batches]
+
+    def pruned(ratio: float) -> nn.Module:
+        m = _prunable(teacher)
+        if ratio <= 0:
+            return m
+        imp = tp.importance.GroupTaylorImportance() if importance == "taylor" else \
+            tp.importance.GroupMagnitudeImportance(p=2)
+        pruner = tp.pruner.MetaPruner(m, torch.zeros(1, *data.input_size), importance=imp, global_pruning=True,
+                                      pruning_ratio=ratio, max_pruning_ratio=0.9, ignored_layers=_linears(m))
+        if importance == "taylor":
+            m.zero_grad()
+            for (x, y), tl in zip(batches, t_logits):
+                member_loss(m(x), y, tl, tau=cfg.loss.tau, lambda_kd=cfg.loss.lambda_kd, lambda_h=0.0)["loss"].backward()
+        pruner.step()
+        m.zero_grad(set_to_none=True)
+        return m
+
+    return _bisect(pruned, max_flops, data.input_size)
+
+
+def _prunable(teacher: nn.Module) -> nn.Module:
+    m = copy.deepcopy(teacher).cpu().float().eval()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    return m
+
+
+def _linears(m: nn.Module) -> list[nn.Module]:
+    return [x for x in m.modules() if isinstance(x, nn.Linear)]  # conv filters only, as the cascade
+
+
+def _bisect(pruned, max_flops: float, input_size: tuple) -> nn.Module:
+    """FLOPs fall as the ratio grows: the smallest ratio whose pruned model fits ``max_flops``."""
+    lo, hi = 0.0, 0.99
     for _ in range(12):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if count_flops(pruned(mid), input_size)[0] <= max_flops else (mid, hi)
@@ -209,18 +317,24 @@ def distill(student: nn.Module, teacher: nn.Module, data, cfg: PruneConfig, devi
 
 
 def table(report: dict) -> str:
-    """Markdown: one row per target, one column per method (accuracy and FLOPs reduction reached)."""
-    rows = report["rows"]
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    """Markdown: one row per target, one column per method: seed-mean test accuracy +- std (FLOPs removed),
+    then the validation-chosen best cascade against the best peer."""
+    summary = report["summary"]
+    methods = list(dict.fromkeys(s["method"] for s in summary))
     lines = ["| FLOPs target | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-    for target in sorted({r["target"] for r in rows}):
+    for target in sorted({s["target"] for s in summary}):
         cells = []
         for m in methods:
-            r = next((r for r in rows if r["method"] == m and r["target"] == target), None)
-            cells.append(f"{r['accuracy']:.2f}% (−{r['flops_reduction']:.1%})" if r else "")
+            r = next((s for s in summary if s["method"] == m and s["target"] == target), None)
+            cells.append(f"{r['accuracy']:.2f} ± {r['accuracy_std']:.2f} (−{r['flops_reduction']:.1%})" if r else "")
         lines.append(f"| −{target:.0%} | " + " | ".join(cells) + " |")
     t = report["teacher"]
     lines.append(f"\nTeacher (unpruned): {t['accuracy']:.2f}% at {t['flops'] / 1e6:.2f}M FLOPs.")
+    for target, v in report["verdict"].items():
+        if "gap" in v:
+            lines.append(f"−{float(target):.0%}: validation picks {v['best_cascade']} and {v['best_peer']}: "
+                         f"{v['cascade_accuracy']:.2f}% vs {v['peer_accuracy']:.2f}% ({v['gap']:+.2f} points)"
+                         + (f"; best TA variant {v['best_ta']} vs 0 TAs: {v['ta_gain']:+.2f}" if "ta_gain" in v else ""))
     return "\n".join(lines)
 
 
@@ -229,20 +343,23 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for m in METHODS:
-        pts = sorted((r["flops"] / 1e6, r["accuracy"]) for r in report["rows"] if r["method"] == m)
-        if pts:
-            ax.plot(*zip(*pts), marker="o" if m.startswith("cascade") else "s",
-                    linestyle="-" if m.startswith("cascade") else "--", label=m)
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    for m in dict.fromkeys(s["method"] for s in report["summary"]):
+        pts = sorted((s["flops"] / 1e6, s["accuracy"], s["accuracy_std"]) for s in report["summary"]
+                     if s["method"] == m)
+        x, y, e = zip(*pts)
+        cascade = m.startswith("cascade")
+        ax.errorbar(x, y, yerr=e, marker="o" if cascade else "s", linestyle="-" if cascade else "--", capsize=3,
+                    label=m)
     t = report["teacher"]
     ax.scatter([t["flops"] / 1e6], [t["accuracy"]], marker="*", s=160, color="k", label="teacher", zorder=3)
     s = report["settings"]
-    ax.set(xlabel="FLOPs (M multiply-adds)", ylabel="test accuracy (%)",
+    seeds = max(r["seeds"] for r in report["summary"])
+    ax.set(xlabel="FLOPs (M multiply-adds)", ylabel=f"test accuracy (%), mean ± std of {seeds} seeds",
            title=f"{s['model']} x{s['width']}, {s['epochs'][0]}+{s['epochs'][1]} epochs ({s['mode']} mode)"
                  + (f"\n{', '.join(s['set'])}" if s.get("set") else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

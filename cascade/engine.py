@@ -71,18 +71,22 @@ Terms = dict[str, torch.Tensor]
 class Step:
     """One training step, whatever is trained: ``loss_fn(x, y)`` -> named terms holding ``loss``; backward;
     every optimizer and scheduler steps. With ``compile``, ``loss_fn`` (forward and loss; AOTAutograd compiles
-    its backward) runs through ``torch.compile``; nothing in a step synchronises with the host."""
+    its backward) runs through ``torch.compile``; nothing in a step synchronises with the host.
+    ``after_backward()``, if given, may rescale gradients before the optimizers step."""
 
     def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], Terms], optimizers: list, schedulers: list = (),
-                 *, compile: bool = False):
+                 *, compile: bool = False, after_backward: Callable[[], None] | None = None):
         self.loss_fn = torch.compile(loss_fn) if compile else loss_fn
         self.optimizers, self.schedulers = [o for o in optimizers if o is not None], list(schedulers)
+        self.after_backward = after_backward
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Terms:
         terms = self.loss_fn(x, y)
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        if self.after_backward is not None:
+            self.after_backward()
         for o in self.optimizers:
             o.step()
         for s in self.schedulers:

@@ -377,6 +377,12 @@ class CascadeNet(nn.Module):
         k = [name for _, name in self._bns].index(bn)
         return torch.nonzero(self._bn_masks(self.final_masks())[k][i]).flatten()
 
+    def member_parameters(self) -> list[nn.Parameter]:
+        """The members' own parameters (stems, BatchNorms, heads; not the scores), each laid out member-major:
+        ``p.view(N, -1)[i]`` is member i's. The rest of the body's parameters are shared by every member."""
+        return [p for m in self.body.modules() if isinstance(m, (MemberBN, MemberStem, MemberHead))
+                for p in m.parameters()]
+
     def plain_member(self, i: int) -> nn.Module:
         """Member i as the original architecture at full width (its stem, BNs and head), unpruned."""
         plain = copy.deepcopy(self.body)

@@ -24,13 +24,18 @@ from .data import DataBundle, default_cache_dir, load_data
 from .engine import (Step, autocast, evaluate, load_checkpoint, prepare, resolve_device, restarts, save_atomic, sgd,
                      train_epoch)
 from .flops import count_flops
-from .losses import HintPlan, cascade_loss, member_loss
+from .losses import HintPlan, cascade_loss, member_loss, member_weights
 from .members import CascadeNet, main_output
 from .teacher import get_teacher
 
 __all__ = ["prune_epochs", "run_prune", "load_prune_data", "format_epoch"]
 
 CHECKPOINT = "checkpoint.pt"
+# The distance a score may travel over the joint phase when ``optim.score_lr`` is None: RMSProp moves a score
+# by about its lr per step, so lr = SCORE_TRAVEL / joint steps. Scores start as ranks in (0, 1]: a constant lr
+# of 1e-4 moves them 0.03 in a 300-step run (the masks stay at their L1 start) and 2.8 over the paper's 28k
+# steps. 0.3 is what 1e-3 gives in BENCHMARKS.md's 4-epoch runs, where it beat both 1e-4 and (travel 1.0) 3e-3.
+SCORE_TRAVEL = 0.3
 
 
 def load_prune_data(cfg: PruneConfig) -> DataBundle:
@@ -135,7 +140,15 @@ def _build(cfg: PruneConfig, out: Path, data: DataBundle | None, teacher, log) -
     return run
 
 
-def _optimizers(model: nn.Module, cfg: PruneConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+def score_lr(cfg: PruneConfig, steps_per_epoch: int) -> float:
+    """The scores' learning rate: ``optim.score_lr``, or by default scaled to the joint phase's length."""
+    if cfg.optim.score_lr is not None:
+        return cfg.optim.score_lr
+    return SCORE_TRAVEL / (steps_per_epoch * cfg.schedule.joint_epochs)
+
+
+def _optimizers(model: nn.Module, cfg: PruneConfig, steps_per_epoch: int,
+                ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
     """SGD (Nesterov) on weights, BN and heads; the configured optimizer on the filter scores."""
     o = cfg.optim
     scores = [model.scores] if isinstance(model, CascadeNet) else []
@@ -144,19 +157,20 @@ def _optimizers(model: nn.Module, cfg: PruneConfig) -> tuple[torch.optim.Optimiz
     if not scores:
         return opt_w, None
     opt_s = {"rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD, "adam": torch.optim.Adam}[o.score_optimizer]
-    return opt_w, opt_s(scores, lr=o.score_lr)
+    return opt_w, opt_s(scores, lr=score_lr(cfg, steps_per_epoch))
 
 
 def _joint_phase(run: _Run) -> Generator[dict, None, None]:
     """All members, shared weights, BNs, heads and scores train together; masks follow the scores every step."""
     cfg, net, state = run.cfg, run.net, run.state
-    opt_w, opt_s = _optimizers(net, cfg)
+    opt_w, opt_s = _optimizers(net, cfg, run.steps)
     sched = restarts(opt_w, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay)
     if state["phase"] == "joint" and "opt_w" in state:
         opt_w.load_state_dict(state["opt_w"])
         opt_s.load_state_dict(state["opt_s"])
         sched.load_state_dict(state["sched"])
     lo = cfg.loss
+    weights = member_weights(net.n, lo.student_weight)
     with taps(run.teacher, net.hint_names) as t_store:
         def loss_fn(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
             with autocast(run.device):
@@ -165,9 +179,10 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
                 logits, feats = net(x, with_features=True) if net.hint_names else (net(x), None)
                 return cascade_loss(logits, y, t_logits, tau=lo.tau, lambda_kd=lo.lambda_kd, lambda_h=lo.lambda_h,
                                     feats=feats, teacher_feats=[t_store[k] for k in net.hint_names],
-                                    reduction=lo.member_reduction)
+                                    weights=weights)
 
-        step = Step(loss_fn, [opt_w, opt_s], [sched], compile=run.compile)
+        step = Step(loss_fn, [opt_w, opt_s], [sched], compile=run.compile,
+                    after_backward=own_grads_in_full(net, weights) if lo.own_grads == "full" else None)
         prev = net.eval().final_masks().clone()
         while state["phase"] == "joint" and state["epoch"] < cfg.schedule.joint_epochs:
             t0 = time.time()
@@ -190,6 +205,19 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
             state["history"].append(metrics)
             run.save(opt_w=opt_w.state_dict(), opt_s=opt_s.state_dict(), sched=sched.state_dict())
             yield metrics
+
+
+def own_grads_in_full(net: CascadeNet, weights: list[float]) -> Callable[[], None]:
+    """After backward of sum_i w_i L_i: a member's own parameters (BNs, stem, head) see only L_i, so divide
+    their gradient by w_i; the shared weights keep the weighted sum (a step size independent of N)."""
+    own = net.member_parameters()
+    inv_w = torch.tensor([[1.0 / w] for w in weights], device=net.scores.device)  # (N, 1), made once
+
+    def rescale() -> None:
+        for p in own:
+            if p.grad is not None:
+                p.grad.view(net.n, -1).mul_(inv_w)  # member-major: row i is member i's
+    return rescale
 
 
 def _hint_plans(run: _Run, teacher_member: int | None) -> list[HintPlan] | None:
@@ -224,7 +252,7 @@ def _finetune_phase(run: _Run) -> Generator[dict, None, nn.Module]:
     student_acc = state.get("student_val_acc", state["joint_member_acc"][0])
     now = {"teacher": state.get("teacher_idx",
                                 next((j for j, a in enumerate(ladder_acc) if a > student_acc), len(ladder) - 1))}
-    opt, _ = _optimizers(student, cfg)
+    opt, _ = _optimizers(student, cfg, run.steps)
     sched = restarts(opt, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay)
     if state["phase"] == "finetune" and "opt_f" in state:
         opt.load_state_dict(state["opt_f"])

@@ -1,4 +1,5 @@
-"""A real search end to end: local Ray, MLflow in SQLite under a temp dir, the smoke space."""
+"""A real search end to end: local Ray, MLflow in SQLite under a temp dir, the smoke space; four trials at
+once, so four processes write the one SQLite store concurrently."""
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,8 @@ from search.config import trial_prune_config
 from search.frontier import pareto_front
 
 SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
-FAST = {"num_trials": 3, "teacher.epochs": 2, "budget.joint_epochs": 1, "budget.finetune_epochs": 1}
+FAST = {"num_trials": 4, "concurrency": 4, "resources.cpu": 0.5, "teacher.epochs": 2, "budget.joint_epochs": 1,
+        "budget.finetune_epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +40,8 @@ def smoke(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_smoke_trial_finishes(smoke):
-    assert len(smoke.trials) == 3
-    assert [t.status for t in smoke.trials] == ["finished"] * 3
+    assert len(smoke.trials) == 4
+    assert [t.status for t in smoke.trials] == ["finished"] * 4
     for t in smoke.trials:
         assert 0 < t.flops < t.base_flops and 0 <= t.val_accuracy <= 100 and 0 <= t.test_accuracy <= 100
         assert len(t.overrides["cascade.ratios"]) == t.config["num_tas"] + 1
@@ -55,7 +57,7 @@ def test_every_smoke_trial_finishes(smoke):
 @pytest.mark.slow
 def test_tune_state_and_the_teacher_live_in_storage_trained_by_a_worker(smoke):
     assert not (smoke.run_dir / "tune").exists()
-    assert len(list((smoke.storage / "smoke" / "tune").glob("trial_*/checkpoint_*"))) == 3
+    assert len(list((smoke.storage / "smoke" / "tune").glob("trial_*/checkpoint_*"))) == 4
     (teacher,) = (smoke.storage / "teachers").glob("*/teacher.pt")
     info = json.loads((teacher.parent / "config.json").read_text())
     assert info["trained_by_pid"] != os.getpid() and info["test_accuracy"] > 10
@@ -66,7 +68,7 @@ def test_optuna_optimised_validation_accuracy_and_knows_each_mlflow_run(smoke):
     study = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(smoke.run_dir / "optuna.journal"))))
     by_run = {t.mlflow_run_id: t for t in smoke.trials}
-    assert len(study.trials) == 3
+    assert len(study.trials) == 4
     for ot in study.trials:
         t = by_run[ot.user_attrs["mlflow_run_id"]]
         assert ot.values == [t.val_accuracy, t.flops]  # the objective is validation, never test
@@ -92,7 +94,7 @@ def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
     aliases = {a for v in versions for a in client.get_model_version("cascade-smoke", v.version).aliases}
     assert aliases == {f"flops_{t.flops / 1e6:.2f}M".replace(".", "p") for t in smoke.frontier}
     runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{smoke.parent_run_id}'")
-    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)  # no write lost to SQLite locks
     assert {r.info.run_name for r in runs} == {t.name for t in smoke.trials}
     for r in runs:
         assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.name == "digits"
@@ -102,8 +104,10 @@ def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
         assert {f"ratio_m{i}" for i in range(n + 1)} <= set(p)
         assert {"val_accuracy", "test_accuracy", "flops", "params", "flops_reduction", "params_reduction"} <= set(m)
         assert {f"val_acc/m{i}" for i in range(n + 1)} <= set(m) and {f"kept/m{i}" for i in range(n + 1)} <= set(m)
-        history = client.get_metric_history(r.info.run_id, "val_acc/m0")
-        assert len(history) == 2  # one point per epoch (1 joint + 1 fine-tune)
+        for key in ("val_acc/m0", "loss", "epoch_time"):  # one point per epoch (1 joint + 1 fine-tune)
+            assert len(client.get_metric_history(r.info.run_id, key)) == 2, key
+        assert len(client.get_metric_history(r.info.run_id, "kept/m0")) == 1  # logged in the joint phase
+        assert r.outputs.model_outputs  # the student is a logged model
 
 
 @pytest.mark.slow
