@@ -14,5 +14,5 @@ timeout 300 python3 bench/throughput.py --width 1.0 --batch 128 --iters 30 --com
   --data /tmp/data/cifar10-jpg --out "$out/throughput_gpu.json" 2>&1 | tee "$out/throughput.log"
 # 2. two joint + two fine-tune epochs of the quality benchmark's GPU mode (full width, 45k images)
 timeout 240 python3 bench/quality.py --data /tmp/data/cifar10-jpg --mode gpu --epochs 2 2 --teacher-epochs 2 \
-  --methods cascade_0ta cascade_1ta --targets 0.73 --workdir /tmp/bq --out "$out/quality_gpu.json" \
+  --methods cascade_1ta l1_kd --targets 0.73 --seeds 0 --workdir /tmp/bq --out "$out/quality_gpu.json" \
   2>&1 | tee "$out/quality.log" || echo "quality run stopped (timeout or error): see $out/quality.log"
