@@ -250,11 +250,14 @@ def tp_global(teacher: nn.Module, max_flops: float, data, cfg: PruneConfig, impo
     """Torch-Pruning's global pruning (one channel ranking across layers, so layers shrink unevenly) with
     group-L2 (``norm``) or first-order Taylor (``taylor``: |w * dL/dw| of the KD loss over 4 training
     batches) importance; the largest global ratio within ``max_flops``. No layer loses more than 90%."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    batches = [b for _, b in zip(range(4), data.train.batches(cfg.data.batch_size, torch.device("cpu"), train=True,
-                                                             generator=g))]
-    t = copy.deepcopy(teacher).cpu().float().eval()
-    t_logits = [t(x).detach() for x, _ in batches]
+    batches, t_logits = [], []
+    if importance == "taylor":  # the KD loss's gradient on a few seeded training batches, and the teacher's logits
+        g = torch.Generator().manual_seed(cfg.seed)
+        batches = [b for _, b in zip(range(4), data.train.batches(cfg.data.batch_size, torch.device("cpu"),
+                                                                 train=True, generator=g))]
+        with torch.no_grad():
+            t = _prunable(teacher)
+            t_logits = [t(x) for x, _ in batches]
 
     def pruned(ratio: float) -> nn.Module:
         m = _prunable(teacher)
