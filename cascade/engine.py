@@ -97,13 +97,19 @@ class Step:
 def train_epoch(step: Step, split, device: torch.device, *, batch_size: int, generator: torch.Generator,
                 name: str = "train", epoch: int = 0) -> dict[str, float]:
     """One pass over ``split`` in a seeded order: the mean of every term, with one host sync at the end.
-    A loss that is not finite stops the run loudly rather than training on NaNs."""
+    A loss that is not finite stops the run loudly rather than training on NaNs; the loss is also read at
+    steps 1, 2, 4, 8, ... (log2 of the epoch's steps in syncs), so a run that diverges early stops within
+    twice the steps it took, not after an epoch of NaNs."""
     sums: Terms = {}
     steps = 0
     for x, y in split.batches(batch_size, device, train=True, generator=generator):
-        for k, v in step(x, y).items():  # summed on the device
+        terms = step(x, y)
+        for k, v in terms.items():  # summed on the device
             sums[k] = sums[k] + v if k in sums else v.float()
         steps += 1
+        if steps & (steps - 1) == 0 and "loss" in terms and not math.isfinite(terms["loss"].item()):
+            raise FloatingPointError(f"loss is not finite in {name} epoch {epoch} (step {steps}): "
+                                     "lower the learning rate")
     keys = list(sums)
     means = dict(zip(keys, (torch.stack([sums[k] for k in keys]) / max(1, steps)).tolist())) if keys else {}
     if not math.isfinite(means.get("loss", 0.0)):

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
     """One cache (decoded data, trained teachers) per test session, never the user's."""
@@ -25,8 +24,47 @@ def _no_leaked_tracking_uri():
         mlflow.set_tracking_uri(before)
 
 
-TINY = [  # a prune run small enough for a unit test: digits, VGG16 at quarter width, a few epochs
-    "model.width=0.25", "teacher.epochs=4", "schedule.joint_epochs=2", "schedule.finetune_epochs=2",
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance for every in-process search: ``run_search`` joins an initialised Ray and leaves it
+    running (the notebook way), where each search would otherwise start and stop its own and spawn fresh
+    workers that import torch again (about 8 s a search on 2 cores). Starting Ray from the CLI is covered by
+    the searches run as subprocesses (test_resume, test_cluster)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    """A teacher for ``test_scale.TINY`` searches (digits, VGG16 at 1/8 width), trained once per session and
+    passed as ``teacher.checkpoint``: each search would otherwise train its own in its storage. (The smoke search
+    still trains its teacher on a worker.)"""
+    from cascade.config import load_prune_config
+    from cascade.engine import resolve_device
+    from cascade.teacher import get_teacher
+    from cascade.train import load_prune_data
+
+    cfg = load_prune_config(None, ["model.width=0.125", "teacher.epochs=2", "data.batch_size=64"])
+    root = tmp_path_factory.mktemp("tiny-teacher")
+    model, _ = get_teacher(cfg, load_prune_data(cfg), resolve_device("cpu"), log=lambda s: None, cache=str(root))
+    torch.save(model, root / "teacher.pt")
+    return str(root / "teacher.pt")
+
+
+@pytest.fixture
+def ray_forbidden(monkeypatch):
+    """Fail the test if a search gets as far as Ray: bad input is refused before any work."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the search reached Ray")
+
+    monkeypatch.setattr("search.api._ray", refuse)
+
+
+TINY = [  # a prune run small enough for a unit test: digits, VGG16 at 1/8 width, a few epochs
+    "model.width=0.125", "teacher.epochs=4", "schedule.joint_epochs=2", "schedule.finetune_epochs=2",
     "data.batch_size=64",
 ]
 

@@ -162,3 +162,23 @@ def test_compiled_step_trains_like_the_eager_one():
         losses.append([float(step(x, y)["loss"]) for _ in range(3)])
     assert losses[0] == pytest.approx(losses[1], rel=1e-2)
     assert losses[1][2] != losses[1][0]  # the compiled step does train
+
+
+def test_a_diverging_epoch_stops_at_the_next_power_of_two_step():
+    """The loss is read at steps 1, 2, 4, 8...: NaN from step 3 on stops the epoch at step 4, not at its end."""
+    from cascade.data import TensorSplit
+    from cascade.engine import train_epoch
+
+    calls = []
+
+    def step(x, y):
+        calls.append(len(y))
+        return {"loss": torch.tensor(float("nan") if len(calls) >= 3 else 1.0)}
+
+    split = TensorSplit(torch.zeros(64, 3, 4, 4, dtype=torch.uint8), torch.zeros(64, dtype=torch.long),
+                        torch.zeros(3), torch.ones(3))
+    with pytest.raises(FloatingPointError, match="step 4"):
+        train_epoch(step, split, torch.device("cpu"), batch_size=2, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 4  # of 32
+    assert train_epoch(lambda x, y: {"loss": torch.tensor(2.0)}, split, torch.device("cpu"), batch_size=2,
+                       generator=torch.Generator().manual_seed(0)) == {"loss": 2.0}

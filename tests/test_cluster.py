@@ -48,15 +48,24 @@ def two_nodes():
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)  # jobs log to the default store under their results_dir
     ray = shutil.which("ray")
+
+    def agent_ports() -> list[str]:
+        """Free ports for a node's agents: Ray's defaults are fixed (the job agent's 52365), and with another
+        Ray instance on this machine (conftest's local_ray) the job agent was never reachable ("No available
+        agent to submit job")."""
+        return [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                       "runtime-env-agent-port", "metrics-export-port")]
+
     try:
         subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1",
                         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                        f"--temp-dir={temp}"], env=env, check=True, capture_output=True, timeout=180)
+                        f"--ray-client-server-port={free_port()}", *agent_ports(), f"--temp-dir={temp}"],
+                       env=env, check=True, capture_output=True, timeout=180)
         # its own temp dir, as a second machine has: nodes sharing one would share the unpacked `--working-dir`
         # package, and one node re-unpacking it would pull the directory from under the other's job driver
         subprocess.run([ray, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                        '--resources={"worker_node": 1}', f"--temp-dir={temp}w"], env=env, check=True,
-                       capture_output=True, timeout=180)
+                        '--resources={"worker_node": 1}', *agent_ports(), f"--temp-dir={temp}w"], env=env,
+                       check=True, capture_output=True, timeout=180)
         yield f"http://127.0.0.1:{dash}", env, str(temp)
     finally:
         for pid in _ray_processes(str(temp)):
@@ -136,11 +145,12 @@ def test_the_readmes_job_submit_command_runs_verbatim_on_two_nodes_with_shared_s
     assert len({r.data.params["node_id"] for r in runs}) == 2  # trials ran on both nodes
 
 
-def test_lost_worker_node_trials_are_rescheduled(two_nodes, tmp_path):
+def test_lost_worker_node_trials_are_rescheduled(two_nodes, tmp_path, tiny_teacher):
     """Kill the worker node's raylet mid-trial: its trial is retried (from its checkpoint) on the head."""
     dashboard, env, temp = two_nodes
-    job = submit(dashboard, env, {**TINY, "num_trials": 2, "concurrency": 2, "resources.cpu": 1, "max_retries": 2,
-                                  "budget.joint_epochs": 3, "results_dir": str(tmp_path)}, wait=False)
+    job = submit(dashboard, env, {**TINY, "teacher.checkpoint": tiny_teacher, "num_trials": 2, "concurrency": 2,
+                                  "resources.cpu": 1, "max_retries": 2, "budget.joint_epochs": 3,
+                                  "results_dir": str(tmp_path)}, wait=False)
     assert job.returncode == 0, job.stderr[-2000:]
     job_id = re.search(r"raysubmit_\w+", job.stdout + job.stderr).group(0)
     tune_dir = tmp_path / "smoke" / "tune"

@@ -1,5 +1,5 @@
-"""Concurrent trials logging to a real MLflow tracking server (the SQLite store's concurrency is covered by
-test_search's four-trial smoke search; the two-node cluster by test_cluster)."""
+"""Concurrent trials logging to a real MLflow tracking server, some of them failing (the SQLite store's
+concurrency is covered by test_search's four-trial smoke search; the two-node cluster by test_cluster)."""
 import os
 import socket
 import subprocess
@@ -8,13 +8,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
 from search import run_search
 
 SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
-TINY = {"teacher.epochs": 2, "budget.joint_epochs": 1, "budget.finetune_epochs": 1, "sampler.name": "random"}
+# a search small enough for a test: VGG16 at 1/8 width, a 2-epoch teacher (or conftest's tiny_teacher), 1 + 1
+# epochs a trial
+TINY = {"model.width": 0.125, "teacher.epochs": 2, "budget.joint_epochs": 1, "budget.finetune_epochs": 1,
+        "sampler.name": "random"}
 
 pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
 
@@ -65,17 +69,33 @@ def mlflow_server(tmp_path):
     proc.wait(timeout=30)
 
 
-def test_concurrent_trials_log_to_a_tracking_server(mlflow_server, tmp_path):
+def test_concurrent_trials_log_to_a_tracking_server_and_diverging_ones_fail_cleanly(mlflow_server, tmp_path,
+                                                                                   local_ray, tiny_teacher):
+    """Four trials, two at a time, through one server. Those whose learning rate makes the loss NaN are FAILED
+    in MLflow with their error, FAIL in Optuna (not COMPLETE), off the frontier, and stop no other trial."""
     url, artifacts = mlflow_server
-    r = run_search(SMOKE, {**TINY, "num_trials": 2, "concurrency": 2, "results_dir": str(tmp_path / "res"),
+    r = run_search(SMOKE, {**TINY, "teacher.checkpoint": tiny_teacher, "num_trials": 4, "concurrency": 2, "seed": 3,
+                           "space.lr": {"choices": [0.01, "1e6"]}, "results_dir": str(tmp_path / "res"),
                            "mlflow.tracking_uri": url})
-    assert r.tracking_uri == url and [t.status for t in r.trials] == ["finished"] * 2
+    bad = [t for t in r.trials if t.config["lr"] == 1e6]
+    good = [t for t in r.trials if t.config["lr"] == 0.01]
+    assert bad and good, "the seed should sample both learning rates"
+    assert all(t.status == "failed" and "not finite" in t.error for t in bad)
+    assert r.tracking_uri == url and all(t.finished for t in good)
+    assert {t.trial_id for t in r.frontier} <= {t.trial_id for t in good}
     client, runs = nested_runs(url, r.parent_run_id)
-    assert_every_metric_logged(client, runs, 2)
+    assert_every_metric_logged(client, [run for run in runs if run.info.status != "FAILED"], len(good))
+    for t in bad:
+        run = client.get_run(t.mlflow_run_id)
+        assert run.info.status == "FAILED" and "not finite" in run.data.tags["error"]
+    assert client.get_run(r.parent_run_id).info.status == "FINISHED"  # some trials finished
+    study = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(r.run_dir / "optuna.journal"))))
+    assert sorted(t.state.name for t in study.trials) == sorted(["FAIL"] * len(bad) + ["COMPLETE"] * len(good))
     import mlflow
 
     mlflow.set_tracking_uri(url)
-    for t in r.trials:  # the students went through the server into its artifact store
+    for t in good:  # the students went through the server into its artifact store
         assert r.load_model(t) is not None
     assert any(artifacts.rglob("MLmodel"))
     assert not (tmp_path / "res" / "smoke" / "mlflow.db").exists()
