@@ -84,6 +84,7 @@ def test_concurrent_trials_log_to_a_tracking_server_and_diverging_ones_fail_clea
     assert r.tracking_uri == url and all(t.finished for t in good)
     assert {t.trial_id for t in r.frontier} <= {t.trial_id for t in good}
     client, runs = nested_runs(url, r.parent_run_id)
+    assert len(runs) == 4
     assert_every_metric_logged(client, [run for run in runs if run.info.status != "FAILED"], len(good))
     for t in bad:
         run = client.get_run(t.mlflow_run_id)
