@@ -44,14 +44,13 @@ def tiny_teacher(tmp_path_factory) -> str:
     still trains its teacher on a worker.)"""
     from cascade.config import load_prune_config
     from cascade.engine import resolve_device
-    from cascade.teacher import get_teacher
+    from cascade.teacher import get_teacher, teacher_location
     from cascade.train import load_prune_data
 
     cfg = load_prune_config(None, ["model.width=0.125", "teacher.epochs=2", "data.batch_size=64"])
-    root = tmp_path_factory.mktemp("tiny-teacher")
-    model, _ = get_teacher(cfg, load_prune_data(cfg), resolve_device("cpu"), log=lambda s: None, cache=str(root))
-    torch.save(model, root / "teacher.pt")
-    return str(root / "teacher.pt")
+    cache = str(tmp_path_factory.mktemp("tiny-teacher"))
+    get_teacher(cfg, load_prune_data(cfg), resolve_device("cpu"), log=lambda s: None, cache=cache)
+    return f"{teacher_location(cfg, cache)}/teacher.pt"  # the module get_teacher saved there
 
 
 @pytest.fixture
