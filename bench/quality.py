@@ -66,6 +66,7 @@ ABLATIONS = {
     "no_hints": ["loss.lambda_h=0"],
     "score_lr_1e-4": ["optim.score_lr=1e-4"],         # the paper's constant score lr instead of the scaled one
     "student_w0.75": ["loss.student_weight=0.75"],    # 3/4 of the shared weights' gradient from the student
+    "score_cosine": ["optim.score_schedule=cosine"],  # the scores' lr anneals to 0: masks settle before export
     "l1init": ["cascade.score_init=l1"],
     "filters_budget": ["cascade.budget=filters"],     # the paper's k (a fraction of filters), not of FLOPs
 }

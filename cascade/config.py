@@ -230,6 +230,8 @@ class OptimConfig:
     restart_decay: float = 0.8     # ... whose peak decays by this factor at each restart
     score_lr: float | None = None  # RMSProp lr on the scores; None: SCORE_TRAVEL / joint steps (README)
     score_optimizer: str = "rmsprop"  # rmsprop | sgd | adam
+    score_schedule: str = "constant"  # constant | cosine: the scores' lr anneals to 0 over the joint phase (the
+    #                                   masks settle before export; the default lr doubles, the same travel)
 
 
 @dataclass
@@ -311,6 +313,8 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
     check(0 < o.restart_decay <= 1, "optim.restart_decay", f"expected a number in (0, 1], got {o.restart_decay}")
     check(o.score_optimizer in ("rmsprop", "sgd", "adam"), "optim.score_optimizer",
            f"expected rmsprop, sgd or adam, got {o.score_optimizer!r}")
+    check(o.score_schedule in ("constant", "cosine"), "optim.score_schedule",
+          f"expected constant or cosine, got {o.score_schedule!r}")
     s = cfg.schedule
     check(s.joint_epochs >= 1, "schedule.joint_epochs", f"expected >= 1, got {s.joint_epochs}")
     check(s.finetune_epochs >= 0, "schedule.finetune_epochs", f"expected >= 0, got {s.finetune_epochs}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from contextlib import ExitStack, contextmanager
@@ -144,7 +145,8 @@ def score_lr(cfg: PruneConfig, steps_per_epoch: int) -> float:
     """The scores' learning rate: ``optim.score_lr``, or by default scaled to the joint phase's length."""
     if cfg.optim.score_lr is not None:
         return cfg.optim.score_lr
-    return SCORE_TRAVEL / (steps_per_epoch * cfg.schedule.joint_epochs)
+    mean_factor = 0.5 if cfg.optim.score_schedule == "cosine" else 1.0  # a cosine to 0 averages half its peak
+    return SCORE_TRAVEL / (steps_per_epoch * cfg.schedule.joint_epochs * mean_factor)
 
 
 def _optimizers(model: nn.Module, cfg: PruneConfig, steps_per_epoch: int,
@@ -165,10 +167,16 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
     cfg, net, state = run.cfg, run.net, run.state
     opt_w, opt_s = _optimizers(net, cfg, run.steps)
     sched = restarts(opt_w, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay)
+    scheds = [sched]
+    if cfg.optim.score_schedule == "cosine":  # to 0 at the last joint step: the masks settle before export
+        total = run.steps * cfg.schedule.joint_epochs
+        scheds.append(torch.optim.lr_scheduler.LambdaLR(
+            opt_s, lambda k: 0.5 * (1.0 + math.cos(math.pi * min(1.0, k / total)))))
     if state["phase"] == "joint" and "opt_w" in state:
         opt_w.load_state_dict(state["opt_w"])
         opt_s.load_state_dict(state["opt_s"])
-        sched.load_state_dict(state["sched"])
+        for sc, saved in zip(scheds, state["sched"]):
+            sc.load_state_dict(saved)
     lo = cfg.loss
     weights = member_weights(net.n, lo.student_weight)
     with taps(run.teacher, net.hint_names) as t_store:
@@ -181,7 +189,7 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
                                     feats=feats, teacher_feats=[t_store[k] for k in net.hint_names],
                                     weights=weights)
 
-        step = Step(loss_fn, [opt_w, opt_s], [sched], compile=run.compile,
+        step = Step(loss_fn, [opt_w, opt_s], scheds, compile=run.compile,
                     after_backward=own_grads_in_full(net, weights) if lo.own_grads == "full" else None)
         prev = net.eval().final_masks().clone()
         while state["phase"] == "joint" and state["epoch"] < cfg.schedule.joint_epochs:
@@ -203,7 +211,8 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
             if state["epoch"] == cfg.schedule.joint_epochs:
                 state.update(phase="finetune", epoch=0)
             state["history"].append(metrics)
-            run.save(opt_w=opt_w.state_dict(), opt_s=opt_s.state_dict(), sched=sched.state_dict())
+            run.save(opt_w=opt_w.state_dict(), opt_s=opt_s.state_dict(),
+                     sched=[sc.state_dict() for sc in scheds])
             yield metrics
 
 

@@ -45,7 +45,9 @@ def two_nodes():
     # worker node's is f"{temp}w", so every process of the cluster names str(temp) in its command line
     gcs, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "CASCADE_CACHE": os.environ["CASCADE_CACHE"],
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0",
+           # a lost node is declared dead after 3 missed 1 s health checks (Ray's default: 5 of 3 s)
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     env.pop("MLFLOW_TRACKING_URI", None)  # jobs log to the default store under their results_dir
     ray = shutil.which("ray")
 
@@ -166,6 +168,9 @@ def test_lost_worker_node_trials_are_rescheduled(two_nodes, tmp_path, tiny_teach
         errors="ignore") and "raylet" in Path(f"/proc/{pid}/cmdline").read_text(errors="ignore")]
     assert len(raylets) == 1
     os.kill(raylets[0], 9)
+    frontier = tmp_path / "smoke" / "frontier.csv"
+    while time.time() < deadline + 300 and not frontier.exists():  # written as the search ends; a file read,
+        time.sleep(0.5)  # not a `ray job status` process (a second of CPU each) beside the trials on 2 cores
     status = ""
     while time.time() < deadline + 300:
         p = subprocess.run([shutil.which("ray"), "job", "status", f"--address={dashboard}", job_id],

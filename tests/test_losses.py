@@ -66,5 +66,7 @@ def test_score_lr_is_scaled_to_the_joint_phase_unless_set():
     assert score_lr(cfg, steps_per_epoch=78) == pytest.approx(SCORE_TRAVEL / 312)
     cfg.schedule.joint_epochs = 80  # 10x the steps: 1/10 the lr, the same travel
     assert score_lr(cfg, steps_per_epoch=39) == pytest.approx(SCORE_TRAVEL / 3120)
+    cfg.optim.score_schedule = "cosine"  # annealed to 0: twice the peak for the same travel
+    assert score_lr(cfg, steps_per_epoch=39) == pytest.approx(2 * SCORE_TRAVEL / 3120)
     cfg.optim.score_lr = 1e-4
     assert score_lr(cfg, steps_per_epoch=78) == 1e-4

@@ -226,3 +226,27 @@ def test_hint_points_are_the_last_blocks():
     assert r50.hint_names == ["layer4.0", "layer4.1", "layer4.2"]
     _, feats = r50.train()(torch.randn(2, 3, 32, 32), with_features=True)
     assert [f.shape for f in feats[0]] == [torch.Size([2, 2048, 1, 1])] * 3
+
+
+def test_groups_listed_with_the_index_mapping_computed_once_equal_torch_prunings_own_listing(monkeypatch):
+    """find_groups computes Torch-Pruning's concat index mappings once, not before every group (quadratic in a
+    DenseNet's concatenations): the groups must be the ones the library's own per-group recomputation gives."""
+    import contextlib
+
+    import torch_pruning as tp
+    from torchvision.models import DenseNet
+
+    from cascade import groups
+
+    model = DenseNet(growth_rate=8, block_config=(3, 3), num_init_features=16, num_classes=10).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    update, calls = tp.dependency.index_mapping.update_index_mapping, []
+    monkeypatch.setattr(tp.dependency.index_mapping, "update_index_mapping",
+                        lambda graph: calls.append(1) or update(graph))
+    once = groups.find_groups(model, x, ignored=["classifier"])
+    assert len(calls) == 2  # building the graph, then once for all groups (not once per group)
+    monkeypatch.setattr(groups, "_index_mapping_once", lambda dg: contextlib.nullcontext())
+    calls.clear()
+    every_time = groups.find_groups(model, x, ignored=["classifier"])
+    assert len(calls) > len(every_time)  # the library's way: before every group
+    assert once == every_time and any(len(g.bns) > 1 for g in once)  # concatenations were mapped

@@ -34,11 +34,19 @@ def test_prune_on_digits_removes_filters_cuts_flops_and_learns(tmp_path):
     assert evaluate(model, data.test, resolve_device("cpu")) == pytest.approx(r["accuracy"], abs=1e-6)
 
 
+def score_group(run_dir) -> dict:
+    """The scores' optimizer settings in a run's checkpoint (lr: the next step's)."""
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["opt_s"]["param_groups"][0]
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
-    cfg = load_prune_config(None, TINY + ["schedule.joint_epochs=3", "cascade.ratios=[0.5,0.0]"])
+    cfg = load_prune_config(None, TINY + ["schedule.joint_epochs=3", "cascade.ratios=[0.5,0.0]",
+                                          "optim.score_schedule=cosine"])
     gen = prune_epochs(cfg, tmp_path, log=lambda s: None)
-    first = [next(gen), next(gen)]  # two joint epochs done and checkpointed, then the run "dies"
+    first = [next(gen)]
+    after_one = score_group(tmp_path)
+    first.append(next(gen))  # two joint epochs done and checkpointed, then the run "dies"
     gen.close()
     lines = []
     r = run_prune(cfg, tmp_path, log=lines.append)
@@ -46,6 +54,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert [(m["phase"], m["epoch"]) for m in r["history"]] == [
         ("joint", 1), ("joint", 2), ("joint", 3), ("finetune", 1), ("finetune", 2)]
     assert r["history"][0]["loss"] == first[0]["loss"]
+    # the scores' lr follows its cosine across the kill: 3/4 of the peak after 1 of 3 epochs, 0 at the end
+    peak = after_one["initial_lr"]
+    assert after_one["lr"] == pytest.approx(0.75 * peak) and score_group(tmp_path)["lr"] == pytest.approx(0, abs=1e-12)
     # the default budget is FLOPs: the student removes at most, and about, half of them
     assert r["members"][0]["budget"] == "flops" and r["members"][0]["requested_flops"] == 0.5 * r["base_flops"]
     assert 0.45 * r["base_flops"] <= r["flops"] <= 0.5 * r["base_flops"]

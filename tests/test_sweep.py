@@ -2,7 +2,11 @@
 the model is refused up front with one line naming the reason and the layer. Never a crash.
 
 Random-init weights, the smallest input each model accepts, two members, two images: the sweep checks the
-machinery (groups, composite BN masks, stems, heads, activations), not accuracy."""
+machinery (groups, composite BN masks, stems, heads, activations), not accuracy. The checks run in two worker
+processes at one thread each: they are mostly Python (tracing the graph), so two cores take half the time."""
+import multiprocessing
+import traceback
+
 import pytest
 import torch
 import torchvision
@@ -51,13 +55,11 @@ def build(name: str):
         return msg, None
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", MODELS)
-def test_torchvision_model_is_pruned_or_refused(name, record_property):
+def check(name: str) -> str:
+    """The outcome of one model, as the report line; AssertionError where the cascade is wrong."""
     net, size = build(name)
     if size is None:
-        record_property("outcome", f"refused: {net}")
-        return
+        return f"refused: {net}"
     x = torch.randn(2, 3, size, size)
     net.train()
     with torch.no_grad():  # calibrate the member BNs on a few images, as training would
@@ -74,4 +76,29 @@ def test_torchvision_model_is_pruned_or_refused(name, record_property):
     floor = all(int(m[0].sum()) == 1 for m in net.group_masks(net.final_masks()))  # unreachable target: the floor
     assert flops < net.base_cost[0] and (flops <= net.targets[0] or floor), name
     assert (flops, params) == net.member_cost(0)
-    record_property("outcome", f"pruned at {size}px: -{1 - flops / net.base_cost[0]:.0%} FLOPs")
+    return f"pruned at {size}px: -{1 - flops / net.base_cost[0]:.0%} FLOPs"
+
+
+def _worker_check(name: str) -> tuple[bool, str]:
+    try:
+        return True, check(name)
+    except BaseException:  # the parent reports it as this model's failure
+        return False, traceback.format_exc()
+
+
+@pytest.fixture(scope="module")
+def outcomes(request) -> dict[str, tuple[bool, str]]:
+    """The outcome of every model this session selected, checked in two spawned single-thread workers."""
+    names = [item.callspec.params["name"] for item in request.session.items
+             if getattr(item, "originalname", "") == "test_torchvision_model_is_pruned_or_refused"]
+    with multiprocessing.get_context("spawn").Pool(2, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return dict(zip(names, pool.map(_worker_check, names, chunksize=1)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_torchvision_model_is_pruned_or_refused(name, outcomes, record_property):
+    ok, outcome = outcomes[name]
+    if not ok:
+        pytest.fail(f"{name}:\n{outcome}", pytrace=False)
+    record_property("outcome", outcome)
