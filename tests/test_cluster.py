@@ -70,13 +70,16 @@ def two_nodes():
                        check=True, capture_output=True, timeout=180)
         yield f"http://127.0.0.1:{dash}", env, str(temp)
     finally:
-        for pid in _ray_processes(str(temp)):
+        def cluster() -> list[int]:  # naming the temp dir or the GCS address (Ray's client server: only that)
+            return sorted(set(_ray_processes(str(temp)) + _ray_processes(f":{gcs}\0")))
+
+        for pid in cluster():
             try:
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
         time.sleep(1)
-        left = _ray_processes(str(temp))
+        left = cluster()
         shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(f"{temp}w", ignore_errors=True)
         assert not left, f"processes left behind: {left}"
