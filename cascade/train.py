@@ -175,8 +175,9 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
     if state["phase"] == "joint" and "opt_w" in state:
         opt_w.load_state_dict(state["opt_w"])
         opt_s.load_state_dict(state["opt_s"])
-        for sc, saved in zip(scheds, state["sched"]):
-            sc.load_state_dict(saved)
+        saved = state["sched"] if isinstance(state["sched"], list) else [state["sched"]]  # (one, before cosine)
+        for sc, sd in zip(scheds, saved):
+            sc.load_state_dict(sd)
     lo = cfg.loss
     weights = member_weights(net.n, lo.student_weight)
     with taps(run.teacher, net.hint_names) as t_store:
