@@ -81,6 +81,7 @@ BAD = [
     (["--set", "schedule.joint_epochs=0"], "schedule.joint_epochs"),
     (["--set", "teacher.checkpoint=/nonexistent.pt"], "teacher.checkpoint"),
     (["--set", "optim.score_optimizer=lion"], "optim.score_optimizer"),
+    (["--set", "optim.score_schedule=linear"], "optim.score_schedule"),
 ]
 
 
