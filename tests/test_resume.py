@@ -22,9 +22,8 @@ pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
 
 @pytest.mark.slow
 def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path, capsys, local_ray, tiny_teacher):
-    sets = ["model.width=0.125", "num_trials=2", "concurrency=1", "resources.cpu=2",  # one trial, both cores
-            f"teacher.checkpoint={tiny_teacher}", "budget.joint_epochs=2", "budget.finetune_epochs=1",
-            f"results_dir={tmp_path}"]
+    sets = ["model.width=0.125", "num_trials=2", "concurrency=1", f"teacher.checkpoint={tiny_teacher}",
+            "budget.joint_epochs=2", "budget.finetune_epochs=1", f"results_dir={tmp_path}"]
     cmd = [sys.executable, "-m", "search.cli", "search", str(SMOKE)]
     for s in sets:
         cmd += ["--set", s]
