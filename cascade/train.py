@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from contextlib import ExitStack, contextmanager
@@ -169,9 +168,7 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
     sched = restarts(opt_w, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay)
     scheds = [sched]
     if cfg.optim.score_schedule == "cosine":  # to 0 at the last joint step: the masks settle before export
-        total = run.steps * cfg.schedule.joint_epochs
-        scheds.append(torch.optim.lr_scheduler.LambdaLR(
-            opt_s, lambda k: 0.5 * (1.0 + math.cos(math.pi * min(1.0, k / total)))))
+        scheds.append(torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=run.steps * cfg.schedule.joint_epochs))
     if state["phase"] == "joint" and "opt_w" in state:
         opt_w.load_state_dict(state["opt_w"])
         opt_s.load_state_dict(state["opt_s"])

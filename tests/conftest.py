@@ -47,7 +47,10 @@ def tiny_teacher(tmp_path_factory) -> str:
     from cascade.teacher import get_teacher, teacher_location
     from cascade.train import load_prune_data
 
-    cfg = load_prune_config(None, ["model.width=0.125", "teacher.epochs=2", "data.batch_size=64"])
+    from test_scale import TINY as SEARCH  # the searches this teacher serves
+
+    cfg = load_prune_config(None, [f"model.width={SEARCH['model.width']}", f"teacher.epochs={SEARCH['teacher.epochs']}",
+                                   "data.batch_size=64"])
     cache = str(tmp_path_factory.mktemp("tiny-teacher"))
     get_teacher(cfg, load_prune_data(cfg), resolve_device("cpu"), log=lambda s: None, cache=cache)
     return f"{teacher_location(cfg, cache)}/teacher.pt"  # the module get_teacher saved there

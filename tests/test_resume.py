@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.record import read_trials
+from test_scale import TINY
 
 SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
 
 @pytest.mark.slow
 def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path, capsys, local_ray, tiny_teacher):
-    sets = ["model.width=0.125", "num_trials=2", "concurrency=1", f"teacher.checkpoint={tiny_teacher}",
+    sets = [f"model.width={TINY['model.width']}", "num_trials=2", "concurrency=1", f"teacher.checkpoint={tiny_teacher}",
             "budget.joint_epochs=2", "budget.finetune_epochs=1", f"results_dir={tmp_path}"]
     cmd = [sys.executable, "-m", "search.cli", "search", str(SMOKE)]
     for s in sets:
