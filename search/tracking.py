@@ -141,26 +141,29 @@ def log_dataset(uri: str, run_id: str, *, name: str, root: str | None, digest: s
 
 
 class TrialRun:
-    """One trial's nested run. ``run_id`` given (a resumed trial) reuses that run instead of forking one.
+    """One trial's nested run, found under the parent by the trial's tag (``trial``) and reopened when an earlier
+    attempt made it: a resumed or retried trial never forks a second run, whatever its checkpoint knew.
     ``system_metrics`` samples CPU, memory and (with pynvml) GPU utilisation into the run while it is open."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, name: str, run_id: str | None = None, *,
-                 tags: dict[str, str] | None = None, system_metrics: bool = False):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, name: str, *, trial: str,
+                 system_metrics: bool = False):
         self.uri = uri
         self.client = MlflowClient(uri)
-        if run_id is None:
-            run = retry(self.client.create_run, experiment_id, run_name=name,
-                        tags={"mlflow.parentRunId": parent_run_id, **(tags or {})})
-            run_id = run.info.run_id
+        found = retry(self.client.search_runs, [experiment_id],
+                      f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.trial = '{trial}'", max_results=1)
+        self.reopened = bool(found)
+        if found:
+            self.run_id = found[0].info.run_id
+            retry(self.client.update_run, self.run_id, status="RUNNING")
         else:
-            retry(self.client.update_run, run_id, status="RUNNING")
-        self.run_id = run_id
-        self._logged_params: set[str] = set(retry(self.client.get_run, run_id).data.params)
+            self.run_id = retry(self.client.create_run, experiment_id, run_name=name,
+                                tags={"mlflow.parentRunId": parent_run_id, "trial": trial}).info.run_id
+        self._logged_params: set[str] = set(retry(self.client.get_run, self.run_id).data.params)
         self._monitor = None
         if system_metrics:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            self._monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+            self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=True, tracking_uri=uri)
             self._monitor.start()
 
     def log_params(self, params: dict[str, Any]) -> None:

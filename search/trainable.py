@@ -29,7 +29,7 @@ from .tracking import TrialRun, log_dataset, numeric
 
 __all__ = ["run_trial", "TrialContext"]
 
-RUN_ID_FILE = "mlflow_run_id.txt"
+CHECKPOINT = "checkpoint.pt"  # what prune_epochs resumes from, in its work dir
 
 
 @dataclass(frozen=True)
@@ -66,22 +66,18 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
     name = run_name(config)
     work = Path(context.get_trial_dir()) / "work"
     work.mkdir(parents=True, exist_ok=True)
-    restored = tune.get_checkpoint()
-    if restored is not None:  # a resumed trial continues from its checkpoint and its MLflow run
+    # a resumed (or retried) trial continues from its last checkpoint, and always in its own MLflow run
+    restored = tune.get_checkpoint() or _persisted_checkpoint(context.get_storage())
+    if restored is not None:
         with restored.as_directory() as d:
-            for f in Path(d).iterdir():
-                shutil.copy2(f, work / f.name)
-    run_id_file = work / RUN_ID_FILE
-    resumed = run_id_file.exists()
-    run = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, name,
-                   run_id=run_id_file.read_text().strip() if resumed else None,
-                   tags={"trial": f"trial_{trial_id}"}, system_metrics=ctx.gpus > 0)
-    run_id_file.write_text(run.run_id)
+            shutil.copy2(Path(d) / CHECKPOINT, work / CHECKPOINT)
+    run = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, name, trial=f"trial_{trial_id}",
+                            system_metrics=ctx.gpus > 0)
     try:
         run.log_params({**config["logged"], "trial_id": trial_id, "node_id": _node_id(),
                         "device": cfg.device, "joint_epochs": cfg.schedule.joint_epochs,
                         "finetune_epochs": cfg.schedule.finetune_epochs})
-        if not resumed:
+        if not run.reopened:
             log_dataset(ctx.tracking_uri, run.run_id, name=cfg.data.name, root=cfg.data.root,
                         digest=ctx.data_digest)
         device = torch.device(cfg.device)
@@ -105,9 +101,8 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
             # the masked (joint) or exported (fine-tune) student's validation accuracy: what ASHA compares
             report = {**numeric(m), "val_accuracy": m["val_acc/m0"], "epoch_total": step, "finetune": int(finetune),
                       "mlflow_run_id": run.run_id, **({"flops": budget_flops} if budget_flops else {})}
-            with tempfile.TemporaryDirectory() as tmp:  # the checkpoint: the run's state and its MLflow id
-                for f in ("checkpoint.pt", RUN_ID_FILE):
-                    shutil.copy2(work / f, Path(tmp) / f)
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy2(work / CHECKPOINT, Path(tmp) / CHECKPOINT)
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
         student = torch.load(work / "student.pt", weights_only=False)
         example = torch.zeros(1, *data.input_size).numpy()
@@ -124,6 +119,23 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
     except BaseException:
         run.finish("FAILED", error=traceback.format_exc())
         raise
+
+
+def _persisted_checkpoint(storage) -> tune.Checkpoint | None:
+    """The newest checkpoint this trial persisted that Tune does not know of: a driver killed after a trial's
+    report wrote its checkpoint to storage, but before the experiment snapshot recorded it, restores the trial
+    with none (it would start over). The newest by time: a restarted attempt reuses the checkpoint indexes."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, trial_dir = storage.storage_filesystem, storage.trial_fs_path
+    found = [i for i in fs.get_file_info(FileSelector(trial_dir, allow_not_found=True))
+             if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")]
+    files = fs.get_file_info([f"{i.path}/{CHECKPOINT}" for i in found])
+    files = [f for f in files if f.type == FileType.File]
+    if not files:
+        return None
+    newest = max(files, key=lambda f: f.mtime)
+    return tune.Checkpoint(newest.path.rsplit("/", 1)[0], filesystem=fs)
 
 
 def _node_id() -> str:

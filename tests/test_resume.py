@@ -1,5 +1,6 @@
 """`cascade resume`: a search whose driver is killed hard (SIGKILL) mid-way ends with exactly the configured
-trials in Ray's results, the Optuna study and MLflow, and reuses the MLflow runs of interrupted trials."""
+trials in Ray's results, the Optuna study and MLflow, and an interrupted trial goes on from its last checkpoint in
+its own MLflow run, even one Tune's experiment snapshot never recorded."""
 import json
 import os
 import signal
@@ -29,22 +30,32 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path, caps
     for s in sets:
         cmd += ["--set", s]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    tune_dir = tmp_path / "smoke" / "tune"
+    run_dir = tmp_path / "smoke"
     deadline = time.time() + 300
-    # kill once the second trial has checkpointed one of its 3 epochs (the first trial is done by then); every
-    # trial dir is checked, as their names (random ids) do not sort in start order
-    while time.time() < deadline:
-        trials = sorted(tune_dir.glob("trial_*")) if tune_dir.exists() else []
-        if len(trials) >= 2 and all(any(t.glob("checkpoint_*")) for t in trials):
-            break
-        assert proc.poll() is None, "the search ended before it could be interrupted"
-        time.sleep(0.5)
-    else:
-        raise AssertionError("no second trial checkpoint appeared")
+
+    def wait_for(what: str, done) -> None:
+        while not done():
+            assert proc.poll() is None, f"the search ended before {what}"
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.5)
+
+    def nested_runs() -> list:
+        state = json.loads((run_dir / "search.json").read_text())
+        client = MlflowClient(state["tracking_uri"])
+        return client.search_runs([state["experiment_id"]], f"tags.mlflow.parentRunId = '{state['parent_run_id']}'")
+
+    # The hardest moment to die: the second trial has written its first epoch's checkpoint to storage, but the
+    # driver has not yet recorded it in Tune's experiment snapshot, so Tune restores that trial without one.
+    # Made deterministic by freezing the driver (SIGSTOP) once the trial has begun: its worker goes on and persists
+    # the checkpoint, the driver never hears of it.
+    wait_for("the second trial began", lambda: (run_dir / "search.json").exists() and len(nested_runs()) == 2)
+    time.sleep(1)  # the driver's snapshot of the first trial's end
+    proc.send_signal(signal.SIGSTOP)
+    tune_dir = run_dir / "tune"
+    wait_for("the second trial's checkpoint", lambda: len(list(tune_dir.glob("trial_*/checkpoint_*"))) == 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(2)
-    run_dir = tmp_path / "smoke"
     # what was recorded so far: the first trial finished, the second running when the driver died
     assert sorted(t.status for t in read_trials(run_dir / "trials.json")) == ["finished", "running"]
     assert main(["frontier", str(run_dir)]) == 0  # the frontier of an interrupted search
