@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import traceback
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,12 +68,9 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
     work = Path(context.get_trial_dir()) / "work"
     work.mkdir(parents=True, exist_ok=True)
     # a resumed (or retried) trial continues from its last checkpoint, and always in its own MLflow run
-    restored = tune.get_checkpoint() or _persisted_checkpoint(context.get_storage())
-    if restored is not None:
-        with restored.as_directory() as d:
-            shutil.copy2(Path(d) / CHECKPOINT, work / CHECKPOINT)
+    _restore_newest_checkpoint(context.get_storage(), work)
     run = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, name, trial=f"trial_{trial_id}",
-                            system_metrics=ctx.gpus > 0)
+                   system_metrics=ctx.gpus > 0)
     try:
         run.log_params({**config["logged"], "trial_id": trial_id, "node_id": _node_id(),
                         "device": cfg.device, "joint_epochs": cfg.schedule.joint_epochs,
@@ -121,21 +119,23 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
         raise
 
 
-def _persisted_checkpoint(storage) -> tune.Checkpoint | None:
-    """The newest checkpoint this trial persisted that Tune does not know of: a driver killed after a trial's
-    report wrote its checkpoint to storage, but before the experiment snapshot recorded it, restores the trial
-    with none (it would start over). The newest by time: a restarted attempt reuses the checkpoint indexes."""
+def _restore_newest_checkpoint(storage, work: Path) -> None:
+    """Copy into ``work`` the newest complete checkpoint this trial persisted to storage. It can be newer than the
+    one Tune restores (``tune.get_checkpoint``, also among them): a driver killed after a trial's report wrote
+    its checkpoint, before the experiment snapshot recorded it, restores the trial from the one before, or none.
+    Newest by time, as a restarted attempt reuses the indexes; complete, as a node lost while persisting leaves
+    a truncated file (a zip without its central directory, which torch.save writes last)."""
     from pyarrow.fs import FileSelector, FileType
 
-    fs, trial_dir = storage.storage_filesystem, storage.trial_fs_path
-    found = [i for i in fs.get_file_info(FileSelector(trial_dir, allow_not_found=True))
-             if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")]
-    files = fs.get_file_info([f"{i.path}/{CHECKPOINT}" for i in found])
-    files = [f for f in files if f.type == FileType.File]
-    if not files:
-        return None
-    newest = max(files, key=lambda f: f.mtime)
-    return tune.Checkpoint(newest.path.rsplit("/", 1)[0], filesystem=fs)
+    fs = storage.storage_filesystem
+    dirs = [i.path for i in fs.get_file_info(FileSelector(storage.trial_fs_path, allow_not_found=True))
+            if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")]
+    files = [f for f in fs.get_file_info([f"{d}/{CHECKPOINT}" for d in dirs]) if f.type == FileType.File]
+    for f in sorted(files, key=lambda f: f.mtime, reverse=True):
+        with tune.Checkpoint(f.path.rsplit("/", 1)[0], filesystem=fs).as_directory() as d:
+            if zipfile.is_zipfile(Path(d) / CHECKPOINT):
+                shutil.copy2(Path(d) / CHECKPOINT, work / CHECKPOINT)
+                return
 
 
 def _node_id() -> str:

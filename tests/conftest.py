@@ -4,6 +4,16 @@ import pytest
 import torch
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the torchvision sweep's checks for the models this session selected (test_sweep.start)."""
+    names = [item.callspec.params["name"] for item in session.items
+             if getattr(item, "originalname", "") == "test_torchvision_model_is_pruned_or_refused"]
+    if names and not session.config.option.collectonly:
+        import test_sweep
+
+        test_sweep.start(names, session.config)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
     """One cache (decoded data, trained teachers) per test session, never the user's."""

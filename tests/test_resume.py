@@ -19,7 +19,35 @@ from test_scale import TINY
 
 SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
 
-pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
+
+
+def test_a_trial_restores_its_newest_complete_checkpoint(tmp_path):
+    """The newest persisted checkpoint wins over the one Tune knows of; a truncated one (a node lost while
+    persisting) is passed over; a trial with none starts afresh."""
+    from types import SimpleNamespace
+
+    import torch
+    from pyarrow.fs import LocalFileSystem
+
+    from search.trainable import CHECKPOINT, _restore_newest_checkpoint
+
+    trial_dir = tmp_path / "trial_x"
+    storage = SimpleNamespace(storage_filesystem=LocalFileSystem(), trial_fs_path=str(trial_dir))
+    work = tmp_path / "work"
+    work.mkdir()
+    _restore_newest_checkpoint(storage, work)  # no trial dir yet
+    assert not (work / CHECKPOINT).exists()
+    for i, epoch in enumerate([1, 3, 2]):  # index 1 holds the newest state: a restarted attempt reused index 0
+        path = trial_dir / f"checkpoint_00000{i}" / CHECKPOINT
+        path.parent.mkdir(parents=True)
+        torch.save({"epoch": epoch}, path)
+        os.utime(path, (1000 + 10 * epoch, 1000 + 10 * epoch))
+    _restore_newest_checkpoint(storage, work)
+    assert torch.load(work / CHECKPOINT)["epoch"] == 3
+    newest = trial_dir / "checkpoint_000001" / CHECKPOINT
+    newest.write_bytes(newest.read_bytes()[:-30])  # truncated: falls back to the next newest
+    _restore_newest_checkpoint(storage, work)
+    assert torch.load(work / CHECKPOINT)["epoch"] == 2
 
 
 @pytest.mark.slow

@@ -3,8 +3,10 @@ the model is refused up front with one line naming the reason and the layer. Nev
 
 Random-init weights, the smallest input each model accepts, two members, two images: the sweep checks the
 machinery (groups, composite BN masks, stems, heads, activations), not accuracy. The checks run in two worker
-processes at one thread each: they are mostly Python (tracing the graph), so two cores take half the time."""
+processes at one thread each (they are mostly Python, tracing the graph), started with the session at idle CPU
+priority: they run beside the rest of the suite, in the time its tests leave the cores idle."""
 import multiprocessing
+import os
 import traceback
 
 import pytest
@@ -86,13 +88,33 @@ def _worker_check(name: str) -> tuple[bool, str]:
         return False, traceback.format_exc()
 
 
+def _idle_worker() -> None:
+    """One thread at idle CPU priority: the sweep fills the cores the rest of the suite leaves idle (process and
+    Ray start-ups, waits) and yields them to any other work."""
+    torch.set_num_threads(1)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux
+        os.nice(19)
+
+
+_started: dict = {}
+
+
+def start(names: list[str], config: pytest.Config) -> None:
+    """Begin checking ``names`` in two spawned workers (conftest calls this once the session's tests are known,
+    so the checks run beside the tests before this module's)."""
+    pool = multiprocessing.get_context("spawn").Pool(2, initializer=_idle_worker)
+    config.add_cleanup(pool.terminate)
+    # the workers exit once done, so their memory is back before the searches that follow need it
+    _started["names"], _started["result"] = names, pool.map_async(_worker_check, names, chunksize=1,
+                                                                  callback=lambda _: pool.close())
+
+
 @pytest.fixture(scope="module")
-def outcomes(request) -> dict[str, tuple[bool, str]]:
-    """The outcome of every model this session selected, checked in two spawned single-thread workers."""
-    names = [item.callspec.params["name"] for item in request.session.items
-             if getattr(item, "originalname", "") == "test_torchvision_model_is_pruned_or_refused"]
-    with multiprocessing.get_context("spawn").Pool(2, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        return dict(zip(names, pool.map(_worker_check, names, chunksize=1)))
+def outcomes() -> dict[str, tuple[bool, str]]:
+    """The outcome of every model this session selected."""
+    return dict(zip(_started["names"], _started["result"].get()))
 
 
 @pytest.mark.slow
