@@ -53,7 +53,7 @@ def test_a_trial_restores_its_newest_complete_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path, capsys, local_ray, tiny_teacher):
     sets = [f"model.width={TINY['model.width']}", "num_trials=2", "concurrency=1", f"teacher.checkpoint={tiny_teacher}",
-            "budget.joint_epochs=2", "budget.finetune_epochs=1", f"results_dir={tmp_path}"]
+            "budget.joint_epochs=2", "budget.finetune_epochs=1", "resources.cpu=2", f"results_dir={tmp_path}"]
     cmd = [sys.executable, "-m", "search.cli", "search", str(SMOKE)]
     for s in sets:
         cmd += ["--set", s]
