@@ -5,13 +5,14 @@ import torch
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the torchvision sweep's checks for the models this session selected (test_sweep.start)."""
-    names = [item.callspec.params["name"] for item in session.items
+    """Start the torchvision sweep's checks for the models this session selected (test_sweep.prestart): they run
+    in the background while the tests before that module's leave the cores idle."""
+    items = [item for item in session.items
              if getattr(item, "originalname", "") == "test_torchvision_model_is_pruned_or_refused"]
-    if names and not session.config.option.collectonly:
+    if items and not session.config.option.collectonly:
         import test_sweep
 
-        test_sweep.start(names, session.config)
+        test_sweep.prestart(items, session.config)
 
 
 @pytest.fixture(scope="session", autouse=True)

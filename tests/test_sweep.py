@@ -8,6 +8,7 @@ priority: they run beside the rest of the suite, in the time its tests leave the
 import multiprocessing
 import os
 import traceback
+import warnings
 
 import pytest
 import torch
@@ -92,29 +93,31 @@ def _idle_worker() -> None:
     """One thread at idle CPU priority: the sweep fills the cores the rest of the suite leaves idle (process and
     Ray start-ups, waits) and yields them to any other work."""
     torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # the workers' stderr is the terminal's: keep pytest's output clean
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux
         os.nice(19)
 
 
-_started: dict = {}
+_early: dict = {}
 
 
-def start(names: list[str], config: pytest.Config) -> None:
-    """Begin checking ``names`` in two spawned workers (conftest calls this once the session's tests are known,
-    so the checks run beside the tests before this module's)."""
+def prestart(items: list[pytest.Item], config: pytest.Config) -> None:
+    """Begin checking the selected models in two spawned workers as soon as the session's tests are known
+    (conftest calls this), so the checks run beside the tests before this module's."""
+    names = [item.callspec.params["name"] for item in items]
     pool = multiprocessing.get_context("spawn").Pool(2, initializer=_idle_worker)
     config.add_cleanup(pool.terminate)
     # the workers exit once done, so their memory is back before the searches that follow need it
-    _started["names"], _started["result"] = names, pool.map_async(_worker_check, names, chunksize=1,
+    _early["names"], _early["result"] = names, pool.map_async(_worker_check, names, chunksize=1,
                                                                   callback=lambda _: pool.close())
 
 
 @pytest.fixture(scope="module")
 def outcomes() -> dict[str, tuple[bool, str]]:
     """The outcome of every model this session selected."""
-    return dict(zip(_started["names"], _started["result"].get()))
+    return dict(zip(_early["names"], _early["result"].get()))
 
 
 @pytest.mark.slow
