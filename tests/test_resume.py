@@ -20,7 +20,6 @@ from test_scale import TINY
 SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
 
 
-
 def test_a_trial_restores_its_newest_complete_checkpoint(tmp_path):
     """The newest persisted checkpoint wins over the one Tune knows of; a truncated one (a node lost while
     persisting) is passed over; a trial with none starts afresh."""
