@@ -158,7 +158,7 @@ class TrialRun:
         else:
             self.run_id = retry(self.client.create_run, experiment_id, run_name=name,
                                 tags={"mlflow.parentRunId": parent_run_id, "trial": trial}).info.run_id
-        self._logged_params: set[str] = set(retry(self.client.get_run, self.run_id).data.params)
+        self._logged_params: set[str] = set(found[0].data.params) if found else set()  # search_runs has them
         self._monitor = None
         if system_metrics:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor

@@ -22,16 +22,13 @@ import cascade
 from cascade.config import PruneConfig, prune_config
 from cascade.flops import count_flops
 from cascade.teacher import get_teacher
-from cascade.train import load_prune_data, prune_epochs
+from cascade.train import CHECKPOINT, load_prune_data, prune_epochs
 
 from .noise import quiet
 from .record import FINAL_KEYS, run_name
 from .tracking import TrialRun, log_dataset, numeric
 
 __all__ = ["run_trial", "TrialContext"]
-
-CHECKPOINT = "checkpoint.pt"  # what prune_epochs resumes from, in its work dir
-
 
 @dataclass(frozen=True)
 class TrialContext:

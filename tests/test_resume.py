@@ -28,7 +28,8 @@ def test_a_trial_restores_its_newest_complete_checkpoint(tmp_path):
     import torch
     from pyarrow.fs import LocalFileSystem
 
-    from search.trainable import CHECKPOINT, _restore_newest_checkpoint
+    from cascade.train import CHECKPOINT
+    from search.trainable import _restore_newest_checkpoint
 
     trial_dir = tmp_path / "trial_x"
     storage = SimpleNamespace(storage_filesystem=LocalFileSystem(), trial_fs_path=str(trial_dir))
