@@ -67,20 +67,27 @@ ABLATIONS = {
     "score_lr_1e-4": ["optim.score_lr=1e-4"],         # the paper's constant score lr instead of the scaled one
     "student_w0.75": ["loss.student_weight=0.75"],    # 3/4 of the shared weights' gradient from the student
     "score_cosine": ["optim.score_schedule=cosine"],  # the scores' lr anneals to 0: masks settle before export
+    "lr_run": ["optim.lr_schedule=run"],              # one lr schedule over both phases: no restart at fine-tuning
     "l1init": ["cascade.score_init=l1"],
     "filters_budget": ["cascade.budget=filters"],     # the paper's k (a fraction of filters), not of FLOPs
 }
+NEEDS_TAS = {"student_w0.75", "shared_own_grads"}  # with 0 TAs the student is the only member: a no-op
 DEFAULT_METHODS = ["cascade_0ta", "cascade_1ta", "cascade_2ta", "l1_kd", "tp_global_norm", "tp_global_taylor"]
 
 
 def method_arg(name: str) -> str:
     base, _, ablation = name.partition(":")
+    parts = ablation.split("+") if ablation else []
     if base in PEERS and not ablation:
         return name
-    if base in CASCADES and (not ablation or ablation in ABLATIONS):
+    if base in CASCADES and CASCADES[base] == 0 and NEEDS_TAS.intersection(parts):
+        raise argparse.ArgumentTypeError(f"{name!r}: {', '.join(NEEDS_TAS.intersection(parts))} changes only runs "
+                                         "with TAs")
+    if base in CASCADES and all(a in ABLATIONS for a in parts):
         return name
     raise argparse.ArgumentTypeError(f"unknown method {name!r}: expected one of {', '.join([*CASCADES, *PEERS])}, "
-                                     f"a cascade optionally with :<ablation> ({', '.join(ABLATIONS)})")
+                                     f"a cascade optionally with :<ablation>[+<ablation>...] "
+                                     f"({', '.join(ABLATIONS)})")
 
 
 def main() -> None:
@@ -146,7 +153,8 @@ def main() -> None:
                 run_cfg.seed = seed
                 base, _, ablation = method.partition(":")
                 if base in CASCADES:
-                    run_cfg = prune_config(to_dict(run_cfg), ABLATIONS.get(ablation, []))
+                    run_cfg = prune_config(to_dict(run_cfg), [o for a in ablation.split("+") if a
+                                                              for o in ABLATIONS[a]])
                     run_cfg.cascade.ratios = member_ratios(target, CASCADES[base], "paper")
                     res = run_prune(run_cfg, workdir / f"{method.replace(':', '-')}_{target}_s{seed}", data=data,
                                     teacher=(teacher, t_acc))

@@ -226,8 +226,9 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 4e-4
-    restart_epochs: int = 5        # cosine schedule with warm restarts ...
+    restart_epochs: int = 5        # cosine schedule with warm restarts (cycles fitted to each phase) ...
     restart_decay: float = 0.8     # ... whose peak decays by this factor at each restart
+    lr_schedule: str = "phases"    # phases: each phase its own cycles, from the peak; run: one over both phases
     score_lr: float | None = None  # RMSProp lr on the scores; None: SCORE_TRAVEL / joint steps (README)
     score_optimizer: str = "rmsprop"  # rmsprop | sgd | adam
     score_schedule: str = "constant"  # constant | cosine: the scores' lr anneals to 0 over the joint phase (the
@@ -311,6 +312,7 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
     check(o.weight_decay >= 0, "optim.weight_decay", f"expected >= 0, got {o.weight_decay}")
     check(o.restart_epochs >= 1, "optim.restart_epochs", f"expected >= 1, got {o.restart_epochs}")
     check(0 < o.restart_decay <= 1, "optim.restart_decay", f"expected a number in (0, 1], got {o.restart_decay}")
+    check(o.lr_schedule in ("phases", "run"), "optim.lr_schedule", f"expected phases or run, got {o.lr_schedule!r}")
     check(o.score_optimizer in ("rmsprop", "sgd", "adam"), "optim.score_optimizer",
            f"expected rmsprop, sgd or adam, got {o.score_optimizer!r}")
     check(o.score_schedule in ("constant", "cosine"), "optim.score_schedule",

@@ -57,9 +57,18 @@ def evaluate(model: nn.Module, split, device: torch.device, batch_size: int = 51
     return accs if isinstance(out, list) else accs[0]
 
 
-def lr_factor(step: int, steps_per_epoch: int, restart_epochs: int, restart_decay: float) -> float:
-    """Cosine annealing with warm restarts every ``restart_epochs``; each restart's peak decays exponentially."""
+def lr_factor(step: int, steps_per_epoch: int, restart_epochs: int, restart_decay: float, total_epochs: float,
+              ) -> float:
+    """Cosine annealing with warm restarts about every ``restart_epochs``, each restart's peak decayed by
+    ``restart_decay``, the cycles stretched to fit the phase's ``total_epochs`` exactly: ``total // restart``
+    cycles (at least one), so the lr reaches 0 at the phase's last step. Why: a phase that stops mid-cycle ends
+    at a high lr (4 epochs of a 5-epoch cycle end at 10% of the peak; 8 epochs, 3 into the second, at 28%) and
+    leaves its weights unsettled; 80 epochs of 5 are 16 cycles of 5 either way. Past its end the lr is 0 (the
+    per-epoch log reads the next step's lr)."""
     t = step / max(1, steps_per_epoch)
+    if t >= total_epochs:
+        return 0.0
+    restart_epochs = total_epochs / max(1, int(total_epochs // restart_epochs))
     cycle = int(t // restart_epochs)
     pos = (t - cycle * restart_epochs) / restart_epochs
     return restart_decay ** cycle * 0.5 * (1.0 + math.cos(math.pi * pos))
@@ -122,10 +131,13 @@ def sgd(params, *, lr: float, momentum: float, weight_decay: float, nesterov: bo
                            weight_decay=weight_decay)
 
 
-def restarts(opt: torch.optim.Optimizer, steps_per_epoch: int, restart_epochs: int, restart_decay: float):
-    """The ``lr_factor`` schedule as a per-step LambdaLR."""
+def restarts(opt: torch.optim.Optimizer, steps_per_epoch: int, restart_epochs: int, restart_decay: float,
+             total_epochs: int, start_epoch: int = 0):
+    """The ``lr_factor`` schedule as a per-step LambdaLR, its cycles fitted to ``total_epochs``; its first step
+    is ``start_epoch``'s (a phase that continues an earlier phase's schedule)."""
+    start = start_epoch * steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: lr_factor(k, steps_per_epoch, restart_epochs, restart_decay))
+        opt, lambda k: lr_factor(start + k, steps_per_epoch, restart_epochs, restart_decay, total_epochs))
 
 
 def fit(model: nn.Module, data, device: torch.device, *, loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor],
@@ -137,7 +149,7 @@ def fit(model: nn.Module, data, device: torch.device, *, loss_fn: Callable[[nn.M
     torch.manual_seed(seed)
     model = prepare(model, device).train()
     opt = sgd(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = restarts(opt, max(1, len(data.train) // batch_size), restart_epochs, restart_decay)
+    sched = restarts(opt, max(1, len(data.train) // batch_size), restart_epochs, restart_decay, epochs)
 
     def terms(x: torch.Tensor, y: torch.Tensor) -> Terms:
         with autocast(device):

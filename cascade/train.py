@@ -34,7 +34,8 @@ CHECKPOINT = "checkpoint.pt"
 # The distance a score may travel over the joint phase when ``optim.score_lr`` is None: RMSProp moves a score
 # by about its lr per step, so lr = SCORE_TRAVEL / joint steps. Scores start as ranks in (0, 1]: a constant lr
 # of 1e-4 moves them 0.03 in a 300-step run (the masks stay at their L1 start) and 2.8 over the paper's 28k
-# steps. 0.3 is what 1e-3 gives in BENCHMARKS.md's 4-epoch runs, where it beat both 1e-4 and (travel 1.0) 3e-3.
+# steps. 0.3 is what 1e-3 gives in BENCHMARKS.md's 4-epoch runs, where it beat both 1e-4 and (travel 1.0) 3e-3
+# (under the former lr schedule; since, 1e-4 is within 0.2 points).
 SCORE_TRAVEL = 0.3
 
 
@@ -148,6 +149,15 @@ def score_lr(cfg: PruneConfig, steps_per_epoch: int) -> float:
     return SCORE_TRAVEL / (steps_per_epoch * cfg.schedule.joint_epochs * mean_factor)
 
 
+def _lr_span(cfg: PruneConfig, phase: str) -> tuple[int, int]:
+    """(epochs the phase's lr schedule spans, the epoch it starts at). ``optim.lr_schedule: phases``: each phase
+    its own cycles, from the peak; ``run``: one schedule over both, the fine-tuning continuing the joint phase's."""
+    j, f = cfg.schedule.joint_epochs, cfg.schedule.finetune_epochs
+    if cfg.optim.lr_schedule == "run":
+        return j + f, 0 if phase == "joint" else j
+    return (j if phase == "joint" else f), 0
+
+
 def _optimizers(model: nn.Module, cfg: PruneConfig, steps_per_epoch: int,
                 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
     """SGD (Nesterov) on weights, BN and heads; the configured optimizer on the filter scores."""
@@ -165,7 +175,7 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
     """All members, shared weights, BNs, heads and scores train together; masks follow the scores every step."""
     cfg, net, state = run.cfg, run.net, run.state
     opt_w, opt_s = _optimizers(net, cfg, run.steps)
-    sched = restarts(opt_w, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay)
+    sched = restarts(opt_w, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay, *_lr_span(cfg, "joint"))
     scheds = [sched]
     if cfg.optim.score_schedule == "cosine":  # to 0 at the last joint step: the masks settle before export
         scheds.append(torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=run.steps * cfg.schedule.joint_epochs))
@@ -260,7 +270,7 @@ def _finetune_phase(run: _Run) -> Generator[dict, None, nn.Module]:
     now = {"teacher": state.get("teacher_idx",
                                 next((j for j, a in enumerate(ladder_acc) if a > student_acc), len(ladder) - 1))}
     opt, _ = _optimizers(student, cfg, run.steps)
-    sched = restarts(opt, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay)
+    sched = restarts(opt, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay, *_lr_span(cfg, "finetune"))
     if state["phase"] == "finetune" and "opt_f" in state:
         opt.load_state_dict(state["opt_f"])
         sched.load_state_dict(state["sched_f"])

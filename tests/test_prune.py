@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -23,6 +24,9 @@ def test_prune_on_digits_removes_filters_cuts_flops_and_learns(tmp_path):
     assert 0.35 < r["flops_reduction"] < 0.95 and r["params_reduction"] > 0.3
     assert r["accuracy"] > 50  # chance is 10%
     assert len(r["history"]) == 4 and r["history"][-1]["phase"] == "finetune"
+    # each phase one cosine cycle to 0 (the lr logged is the next step's): half the peak after one of two epochs
+    peak = cfg.optim.lr
+    assert [h["lr"] / peak for h in r["history"]] == pytest.approx([0.5, 0, 0.5, 0], abs=1e-9)
     saved = json.loads((tmp_path / "result.json").read_text())
     for key in ("accuracy", "flops", "params", "base_flops", "base_params", "teacher_accuracy", "members",
                 "kept_channels", "config", "seed"):
@@ -42,7 +46,7 @@ def score_group(run_dir) -> dict:
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     cfg = load_prune_config(None, TINY + ["schedule.joint_epochs=3", "cascade.ratios=[0.5,0.0]",
-                                          "optim.score_schedule=cosine"])
+                                          "optim.score_schedule=cosine", "optim.lr_schedule=run"])
     gen = prune_epochs(cfg, tmp_path, log=lambda s: None)
     first = [next(gen)]
     after_one = score_group(tmp_path)
@@ -57,6 +61,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     # the scores' lr follows its cosine across the kill: 3/4 of the peak after 1 of 3 epochs, 0 at the end
     peak = after_one["initial_lr"]
     assert after_one["lr"] == pytest.approx(0.75 * peak) and score_group(tmp_path)["lr"] == pytest.approx(0, abs=1e-12)
+    # lr_schedule run: one cosine over the 3 + 2 epochs, the fine-tuning continuing it (not restarting) after a kill
+    cosine = [0.5 * (1 + math.cos(math.pi * e / 5)) for e in range(1, 6)]
+    assert [h["lr"] / cfg.optim.lr for h in r["history"]] == pytest.approx(cosine, abs=1e-9)
     # the default budget is FLOPs: the student removes at most, and about, half of them
     assert r["members"][0]["budget"] == "flops" and r["members"][0]["requested_flops"] == 0.5 * r["base_flops"]
     assert 0.45 * r["base_flops"] <= r["flops"] <= 0.5 * r["base_flops"]
@@ -82,6 +89,7 @@ BAD = [
     (["--set", "teacher.checkpoint=/nonexistent.pt"], "teacher.checkpoint"),
     (["--set", "optim.score_optimizer=lion"], "optim.score_optimizer"),
     (["--set", "optim.score_schedule=linear"], "optim.score_schedule"),
+    (["--set", "optim.lr_schedule=cosine"], "optim.lr_schedule"),
 ]
 
 
@@ -109,10 +117,21 @@ def test_console_script_exit_code(tmp_path):
 
 
 def test_lr_schedule_restarts_with_decay():
-    assert lr_factor(0, 10, 5, 0.5) == pytest.approx(1.0)
-    assert lr_factor(25, 10, 5, 0.5) == pytest.approx(0.5)     # middle of the first cycle
-    assert lr_factor(50, 10, 5, 0.5) == pytest.approx(0.5)     # restart, peak halved
-    assert lr_factor(49, 10, 5, 0.5) < 0.01
+    assert lr_factor(0, 10, 5, 0.5, 10) == pytest.approx(1.0)
+    assert lr_factor(25, 10, 5, 0.5, 10) == pytest.approx(0.5)     # middle of the first cycle
+    assert lr_factor(50, 10, 5, 0.5, 10) == pytest.approx(0.5)     # restart, peak halved
+    assert lr_factor(49, 10, 5, 0.5, 10) < 0.01
+
+
+def test_lr_schedule_fits_its_cycles_to_the_phase():
+    """Whatever the phase's length, its lr reaches 0 at the last step: a phase shorter than a cycle is one
+    cycle, a longer one holds whole cycles of about ``restart_epochs``."""
+    last = lambda epochs, restart: lr_factor(epochs * 10 - 1, 10, restart, 0.8, epochs)  # noqa: E731
+    assert [last(e, 5) < 0.01 for e in (2, 4, 8, 12, 80)] == [True] * 5
+    assert lr_factor(40, 10, 5, 0.8, 8) == pytest.approx(0.5)    # 8 epochs: one cycle, halfway at epoch 4
+    assert lr_factor(60, 10, 5, 0.8, 12) == pytest.approx(0.8)   # 12 epochs: two cycles of 6, the second's peak
+    assert lr_factor(775, 10, 5, 0.8, 80) == pytest.approx(0.8 ** 15 * 0.5)  # 80 epochs: 16 cycles of 5
+    assert lr_factor(40, 10, 5, 0.8, 4) == 0.0                   # past the phase's end
 
 
 def test_teacher_training_is_reproducible(tmp_path):

@@ -17,7 +17,7 @@ from search.config import trial_prune_config
 from search.frontier import pareto_front
 
 SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
-FAST = {"model.width": 0.125, "num_trials": 4, "concurrency": 4, "resources.cpu": 0.5, "teacher.epochs": 2,
+FAST = {"num_trials": 4, "concurrency": 4, "resources.cpu": 0.5, "teacher.epochs": 2,
         "budget.joint_epochs": 1, "budget.finetune_epochs": 1}
 
 
