@@ -14,6 +14,7 @@ of epochs (the cascade's joint + fine-tune epochs; the peers train that many epo
   ``cascade_<n>ta:<ablation>`` the same with one ``ABLATIONS`` override (each undoes one choice);
 - ``l1_kd``: Torch-Pruning's MagnitudePruner (L1, uniform per-layer ratio, linear layers kept) on the teacher,
   the ratio bisected to the target FLOPs, then KD fine-tuning with the cascade's fine-tune optimizer;
+  ``l1_kd_stem`` the same with the first conv unpruned, as a cascade member's stem (a diagnostic);
 - ``tp_global_norm`` / ``tp_global_taylor``: Torch-Pruning's global (non-uniform) pruning with group-L2 or
   first-order Taylor importance (gradients of the KD loss on a few training batches), the global ratio bisected
   to the target FLOPs, then the same KD fine-tuning;
@@ -59,7 +60,7 @@ MODES = {
 # The paper's three students as FLOPs reductions of VGG16 (313M -> 134M, 83M, 52M).
 PAPER_TARGETS = [0.57, 0.73, 0.83]
 CASCADES = {"cascade_0ta": 0, "cascade_1ta": 1, "cascade_2ta": 2, "cascade_3ta": 3}
-PEERS = ["l1_kd", "tp_global_norm", "tp_global_taylor", "thin_kd"]
+PEERS = ["l1_kd", "l1_kd_stem", "tp_global_norm", "tp_global_taylor", "thin_kd"]
 # Each ablation undoes one of the method's choices (BENCHMARKS.md, "Quality vs peers").
 ABLATIONS = {
     "shared_own_grads": ["loss.own_grads=shared"],   # members' own BN/stem/head trained at w_i (was 1/N) x lr
@@ -234,8 +235,8 @@ def peer(method: str, teacher: nn.Module, target: float, base_flops: int, data, 
         epochs = cfg.schedule.joint_epochs + cfg.schedule.finetune_epochs
         return thinner(cfg, max_flops, data), dict(lr=cfg.teacher.lr, weight_decay=cfg.teacher.weight_decay,
                                                    restart_epochs=epochs, restart_decay=1.0)
-    if method == "l1_kd":
-        student = l1_prune(teacher, max_flops, data.input_size)
+    if method in ("l1_kd", "l1_kd_stem"):
+        student = l1_prune(teacher, max_flops, data.input_size, keep_stem=method == "l1_kd_stem")
     else:
         student = tp_global(teacher, max_flops, data, cfg, method.removeprefix("tp_global_"))
     # pretrained weights, pruned; the cascade's fine-tune recipe
@@ -243,13 +244,15 @@ def peer(method: str, teacher: nn.Module, target: float, base_flops: int, data, 
                          restart_epochs=cfg.optim.restart_epochs, restart_decay=cfg.optim.restart_decay)
 
 
-def l1_prune(teacher: nn.Module, max_flops: float, input_size: tuple) -> nn.Module:
-    """One-shot L1-magnitude channel pruning with Torch-Pruning: the largest uniform ratio within ``max_flops``."""
+def l1_prune(teacher: nn.Module, max_flops: float, input_size: tuple, *, keep_stem: bool = False) -> nn.Module:
+    """One-shot L1-magnitude channel pruning with Torch-Pruning: the largest uniform ratio within ``max_flops``.
+    ``keep_stem``: the first conv keeps all its filters, as a cascade member's stem does (a diagnostic peer)."""
     def pruned(ratio: float) -> nn.Module:
         m = _prunable(teacher)
+        stem = [next(x for x in m.modules() if isinstance(x, nn.Conv2d))] if keep_stem else []
         if ratio > 0:
             tp.pruner.MagnitudePruner(m, torch.zeros(1, *input_size), importance=tp.importance.MagnitudeImportance(p=1),
-                                      pruning_ratio=ratio, ignored_layers=_linears(m)).step()
+                                      pruning_ratio=ratio, ignored_layers=_linears(m) + stem).step()
         return m
 
     return _bisect(pruned, max_flops, input_size)
