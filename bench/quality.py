@@ -11,7 +11,7 @@ changes the run's own randomness (batch order, augmentation, peers' Taylor batch
 of epochs (the cascade's joint + fine-tune epochs; the peers train that many epochs in total):
 
 - ``cascade_<n>ta``: ``cascade prune`` with n TAs at the paper's placement, FLOPs budget = the target;
-  ``cascade_<n>ta:<ablation>`` the same with one ``ABLATIONS`` override (each undoes one choice);
+  ``cascade_<n>ta:<ablation>[+<ablation>...]`` the same with those ``ABLATIONS`` overrides (each undoes one choice);
 - ``l1_kd``: Torch-Pruning's MagnitudePruner (L1, uniform per-layer ratio, linear layers kept) on the teacher,
   the ratio bisected to the target FLOPs, then KD fine-tuning with the cascade's fine-tune optimizer;
   ``l1_kd_stem`` the same with the first conv unpruned, as a cascade member's stem (a diagnostic);
@@ -76,10 +76,15 @@ NEEDS_TAS = {"student_w0.75", "shared_own_grads"}  # with 0 TAs the student is t
 DEFAULT_METHODS = ["cascade_0ta", "cascade_1ta", "cascade_2ta", "l1_kd", "tp_global_norm", "tp_global_taylor"]
 
 
-def method_arg(name: str) -> str:
+def split_method(name: str) -> tuple[str, list[str]]:
+    """``cascade_1ta:lr_run+no_hints`` -> ("cascade_1ta", ["lr_run", "no_hints"])."""
     base, _, ablation = name.partition(":")
-    parts = ablation.split("+") if ablation else []
-    if base in PEERS and not ablation:
+    return base, ablation.split("+") if ablation else []
+
+
+def method_arg(name: str) -> str:
+    base, parts = split_method(name)
+    if base in PEERS and not parts:
         return name
     if base in CASCADES and CASCADES[base] == 0 and NEEDS_TAS.intersection(parts):
         raise argparse.ArgumentTypeError(f"{name!r}: {', '.join(NEEDS_TAS.intersection(parts))} changes only runs "
@@ -152,10 +157,9 @@ def main() -> None:
                 t0 = time.time()
                 run_cfg = copy.deepcopy(cfg)
                 run_cfg.seed = seed
-                base, _, ablation = method.partition(":")
+                base, ablations = split_method(method)
                 if base in CASCADES:
-                    run_cfg = prune_config(to_dict(run_cfg), [o for a in ablation.split("+") if a
-                                                              for o in ABLATIONS[a]])
+                    run_cfg = prune_config(to_dict(run_cfg), [o for a in ablations for o in ABLATIONS[a]])
                     run_cfg.cascade.ratios = member_ratios(target, CASCADES[base], "paper")
                     res = run_prune(run_cfg, workdir / f"{method.replace(':', '-')}_{target}_s{seed}", data=data,
                                     teacher=(teacher, t_acc))

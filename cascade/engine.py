@@ -57,8 +57,8 @@ def evaluate(model: nn.Module, split, device: torch.device, batch_size: int = 51
     return accs if isinstance(out, list) else accs[0]
 
 
-def lr_factor(step: int, steps_per_epoch: int, restart_epochs: int, restart_decay: float, total_epochs: float,
-              ) -> float:
+def lr_factor(step: int, steps_per_epoch: int, restart_epochs: int, restart_decay: float,
+              total_epochs: float) -> float:
     """Cosine annealing with warm restarts about every ``restart_epochs``, each restart's peak decayed by
     ``restart_decay``, the cycles stretched to fit the phase's ``total_epochs`` exactly: ``total // restart``
     cycles (at least one), so the lr reaches 0 at the phase's last step. Why: a phase that stops mid-cycle ends

@@ -30,6 +30,7 @@ from .tracking import TrialRun, log_dataset, numeric
 
 __all__ = ["run_trial", "TrialContext"]
 
+
 @dataclass(frozen=True)
 class TrialContext:
     """What every trial of a search shares (sent once with the trainable)."""
