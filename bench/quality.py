@@ -14,7 +14,7 @@ of epochs (the cascade's joint + fine-tune epochs; the peers train that many epo
   ``cascade_<n>ta:<ablation>[+<ablation>...]`` the same with those ``ABLATIONS`` overrides (each undoes one choice);
 - ``l1_kd``: Torch-Pruning's MagnitudePruner (L1, uniform per-layer ratio, linear layers kept) on the teacher,
   the ratio bisected to the target FLOPs, then KD fine-tuning with the cascade's fine-tune optimizer;
-  ``l1_kd_stem`` the same with the first conv unpruned, as a cascade member's stem (a diagnostic);
+  ``l1_kd_stem`` the same with the first conv unpruned, as METHOD.md's member stem (``keep_stem``; a diagnostic);
 - ``tp_global_norm`` / ``tp_global_taylor``: Torch-Pruning's global (non-uniform) pruning with group-L2 or
   first-order Taylor importance (gradients of the KD loss on a few training batches), the global ratio bisected
   to the target FLOPs, then the same KD fine-tuning;
@@ -26,7 +26,7 @@ also has its hint term. Selection uses validation only: per target, the best cas
 are the ones with the highest seed-mean validation accuracy; their test accuracies are compared. Each finished
 (method, target, seed) row is saved at once into the JSON and skipped on a rerun with the same settings, so a
 long run resumes; cascade runs also resume mid-run from their own checkpoints. Writes bench/quality.json and
-bench/quality.png (seed-mean test accuracy +- std vs FLOPs).
+bench/quality.png (per FLOPs target, every method's seed-mean test accuracy +- std, sorted).
 """
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ ABLATIONS = {
     "student_w0.75": ["loss.student_weight=0.75"],    # 3/4 of the shared weights' gradient from the student
     "score_cosine": ["optim.score_schedule=cosine"],  # the scores' lr anneals to 0: masks settle before export
     "lr_run": ["optim.lr_schedule=run"],              # one lr schedule over both phases: no restart at fine-tuning
+    "keep_stem": ["cascade.prune_stem=false"],        # METHOD.md's stem: never pruned (the default prunes it)
     "l1init": ["cascade.score_init=l1"],
     "filters_budget": ["cascade.budget=filters"],     # the paper's k (a fraction of filters), not of FLOPs
 }
@@ -250,7 +251,7 @@ def peer(method: str, teacher: nn.Module, target: float, base_flops: int, data, 
 
 def l1_prune(teacher: nn.Module, max_flops: float, input_size: tuple, *, keep_stem: bool = False) -> nn.Module:
     """One-shot L1-magnitude channel pruning with Torch-Pruning: the largest uniform ratio within ``max_flops``.
-    ``keep_stem``: the first conv keeps all its filters, as a cascade member's stem does (a diagnostic peer)."""
+    ``keep_stem``: the first conv keeps all its filters, as METHOD.md's member stem does (a diagnostic peer)."""
     def pruned(ratio: float) -> nn.Module:
         m = _prunable(teacher)
         stem = [next(x for x in m.modules() if isinstance(x, nn.Conv2d))] if keep_stem else []
@@ -362,27 +363,34 @@ def table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
+    """One panel per FLOPs target: every method with the full seed count (one-seed screens are left to the
+    JSON), sorted by its seed-mean test accuracy, ± std as error bars; peers, plain cascades and cascade
+    ablations in three colours, so the question "does the cascade beat the best peer" is read at a glance."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.8, 4.6))
-    for m in dict.fromkeys(s["method"] for s in report["summary"]):
-        pts = sorted((s["flops"] / 1e6, s["accuracy"], s["accuracy_std"]) for s in report["summary"]
-                     if s["method"] == m)
-        x, y, e = zip(*pts)
-        cascade = m.startswith("cascade")
-        ax.errorbar(x, y, yerr=e, marker="o" if cascade else "s", linestyle="-" if cascade else "--", capsize=3,
-                    label=m)
-    t = report["teacher"]
-    ax.scatter([t["flops"] / 1e6], [t["accuracy"]], marker="*", s=160, color="k", label="teacher", zorder=3)
-    s = report["settings"]
     seeds = max(r["seeds"] for r in report["summary"])
-    ax.set(xlabel="FLOPs (M multiply-adds)", ylabel=f"test accuracy (%), mean ± std of {seeds} seeds",
-           title=f"{s['model']} x{s['width']}, {s['epochs'][0]}+{s['epochs'][1]} epochs ({s['mode']} mode)"
-                 + (f"\n{', '.join(s['set'])}" if s.get("set") else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    rows = [r for r in report["summary"] if r["seeds"] == seeds]
+    targets = sorted({r["target"] for r in rows})
+    height = 1.2 + 0.28 * max(sum(r["target"] == t for r in rows) for t in targets)
+    fig, axes = plt.subplots(1, len(targets), figsize=(6.0 * len(targets), height), squeeze=False)
+
+    def colour(method: str) -> str:
+        return "tab:gray" if ":" in method else "tab:blue" if method.startswith("cascade") else "tab:orange"
+
+    for ax, target in zip(axes[0], targets):
+        part = sorted((r for r in rows if r["target"] == target), key=lambda r: r["accuracy"])
+        y = range(len(part))
+        for i, r in zip(y, part):
+            ax.errorbar(r["accuracy"], i, xerr=r["accuracy_std"], fmt="o", capsize=3, color=colour(r["method"]))
+        ax.set_yticks(list(y), [r["method"] for r in part], fontsize=7)
+        ax.set(title=f"-{target:.0%} FLOPs", xlabel=f"test accuracy (%), {seeds}-seed mean ± std")
+        ax.grid(axis="x", alpha=0.3)
+    s, t = report["settings"], report["teacher"]
+    fig.suptitle(f"{s['model']} x{s['width']}, {s['epochs'][0]}+{s['epochs'][1]} epochs ({s['mode']} mode), "
+                 f"teacher {t['accuracy']:.2f}%; orange: peers, blue: cascades, gray: cascade ablations"
+                 + (f"\n{', '.join(s['set'])}" if s.get("set") else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

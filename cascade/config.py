@@ -206,6 +206,7 @@ class CascadeConfig:
     score_init: str = "rank"       # rank: filter L1 rank within its layer; l1: L1 norm / layer max; random
     route_scores: bool = True      # the cascaded score update; false = each member's own gradient (ablation)
     round_to: int = 1              # keep a multiple of this many channels per group (8: faster on most hardware)
+    prune_stem: bool = True        # each member's stem filters are pruned too; false: METHOD.md's whole stem
 
 
 @dataclass

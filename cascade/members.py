@@ -203,12 +203,14 @@ class CascadeNet(nn.Module):
 
     ``ratios[i]`` is the fraction member i removes (of the FLOPs, params or filters: ``budget``), student
     first, strictly decreasing. ``forward(x)`` returns one logits tensor per member, student first.
+    ``prune_stem``: the stem's filters are prunable too (each member masks its own stem); off, every member keeps
+    its stem whole, as METHOD.md has it.
     Models that cannot be pruned exactly are refused with a ValueError naming the reason and the layer.
     """
 
     def __init__(self, model: nn.Module, ratios: list[float], example_input: torch.Tensor, *,
                  score_init: str = "rank", hint_layers: int = 3, route_scores: bool = True, budget: str = "flops",
-                 round_to: int = 1):
+                 round_to: int = 1, prune_stem: bool = True):
         super().__init__()
         validate_cascade(list(ratios), budget=budget, score_init=score_init, round_to=round_to)
         check_has_batchnorm(model)
@@ -225,7 +227,11 @@ class CascadeNet(nn.Module):
             raise ValueError(f"cannot prune: the stem {self.stem_name!r} must be a plain Conv2d (groups=1)")
         if not isinstance(head, nn.Linear):
             raise ValueError(f"cannot prune: the head {self.head_name!r} must be nn.Linear, got {type(head).__name__}")
-        self.groups: list[PruneGroup] = find_groups(body, example_input, ignored=[self.stem_name, self.head_name])
+        # prune_stem: the stem's output filters join the pruning, each member masking its own stem by its own
+        # threshold (a whole stem, METHOD.md's, keeps its full-resolution FLOPs and takes them from every later
+        # layer: README, "where the defaults differ")
+        ignored = [self.head_name] if prune_stem else [self.stem_name, self.head_name]
+        self.groups: list[PruneGroup] = find_groups(body, example_input, ignored=ignored)
 
         # flat filter numbering: group after group
         sizes = [g.size for g in self.groups]
@@ -504,6 +510,8 @@ def apply_decisions(model: nn.Module, decisions: dict[str, list[int]], input_siz
     example = torch.zeros(1, *input_size, device=next(model.parameters()).device)
     was_training = model.training
     calls = trace_layers(model.eval(), example)
-    groups = find_groups(model, example, ignored=[calls[0][0], calls[-1][0]])
+    # the head is never pruned; the stem's group is found either way and kept only when the decisions name it
+    # (a net with prune_stem on): ignoring the stem makes no other group's root differ
+    groups = find_groups(model, example, ignored=[calls[-1][0]])
     remove_channels(model, [g for g in groups if g.root in decisions], decisions)
     return model.train(was_training)

@@ -125,7 +125,8 @@ def _build(cfg: PruneConfig, out: Path, data: DataBundle | None, teacher, log) -
         p.requires_grad_(True)
     net = CascadeNet(base, cfg.cascade.ratios, torch.zeros(2, *data.input_size), score_init=cfg.cascade.score_init,
                      hint_layers=cfg.loss.hint_layers if cfg.loss.lambda_h > 0 else 0,
-                     route_scores=cfg.cascade.route_scores, budget=cfg.cascade.budget, round_to=cfg.cascade.round_to)
+                     route_scores=cfg.cascade.route_scores, budget=cfg.cascade.budget, round_to=cfg.cascade.round_to,
+                     prune_stem=cfg.cascade.prune_stem)
     net = prepare(net, device, channels_last=False)
     compile_ = device.type == "cuda" if cfg.compile is None else cfg.compile
     if compile_:  # one compile cache for every run of this cache dir (the trials of a search share it)

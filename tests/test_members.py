@@ -11,17 +11,18 @@ from conftest import train_steps
 MODELS = ["vgg16_cifar", "resnet56_cifar", "torchvision:resnet18"]
 
 
-def _trained_net(name, ratios, steps=3, seed=0):
+def _trained_net(name, ratios, steps=3, seed=0, prune_stem=True):
     """A CascadeNet whose scores, weights and BN statistics have moved through real training steps."""
     torch.manual_seed(seed)
     net = CascadeNet(create_model(name, num_classes=10, width=0.25), ratios, torch.zeros(2, 3, 32, 32),
-                     budget="filters")
+                     budget="filters", prune_stem=prune_stem)
     return train_steps(net, steps)
 
 
+@pytest.mark.parametrize("prune_stem", [True, False], ids=["pruned_stem", "whole_stem"])
 @pytest.mark.parametrize("name", MODELS)
-def test_exported_member_equals_masked_member(name):
-    net = _trained_net(name, [0.7, 0.4, 0.0]).eval()
+def test_exported_member_equals_masked_member(name, prune_stem):
+    net = _trained_net(name, [0.7, 0.4, 0.0], prune_stem=prune_stem).eval()
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         masked = net(x)
@@ -41,6 +42,9 @@ def test_exported_member_equals_masked_member(name):
         rebuilt = apply_decisions(net.plain_member(i), net.decisions(i), (3, 32, 32)).eval()
         with torch.no_grad():
             assert torch.equal(rebuilt(x), exported(x))
+    # the student's stem loses filters only when it is pruned (ResNets: with their first residual stage's)
+    widths = [m.get_submodule(net.stem_name).out_channels for m in (net.export(0), net.plain_member(0))]
+    assert (widths[0] < widths[1]) == prune_stem
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from cascade import load_prune_config, prune_epochs, run_prune
+from cascade import create_model, load_prune_config, prune_epochs, run_prune
 from cascade.cli import main
 from cascade.engine import CheckpointError, evaluate, lr_factor, resolve_device
 from cascade.train import load_prune_data
@@ -34,6 +34,10 @@ def test_prune_on_digits_removes_filters_cuts_flops_and_learns(tmp_path):
     # the exported module on disk is the one that was measured
     model = torch.load(tmp_path / "student.pt", weights_only=False)
     assert sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)) < 0.6 * 520
+    # the stem is pruned too (cascade.prune_stem, the default): the saved decisions name it, the module has them
+    stem, full = (next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+                  for net in (model, create_model(cfg.model.name, num_classes=10, width=cfg.model.width)))
+    assert stem.out_channels == len(saved["decisions"]["features.0"]) < full.out_channels
     data = load_prune_data(cfg)
     assert evaluate(model, data.test, resolve_device("cpu")) == pytest.approx(r["accuracy"], abs=1e-6)
 
