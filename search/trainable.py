@@ -126,8 +126,13 @@ def _restore_newest_checkpoint(storage, work: Path) -> None:
     from pyarrow.fs import FileSelector, FileType
 
     fs = storage.storage_filesystem
-    dirs = [i.path for i in fs.get_file_info(FileSelector(storage.trial_fs_path, allow_not_found=True))
-            if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")]
+    try:
+        listing = fs.get_file_info(FileSelector(storage.trial_fs_path, allow_not_found=True))
+    except FileNotFoundError:
+        # pyarrow's local listing failed (no directory) and its existence check then found one: Tune created the
+        # trial's directory in between (seen on a two-node cluster). Created just now, it holds no checkpoint.
+        return
+    dirs = [i.path for i in listing if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")]
     files = [f for f in fs.get_file_info([f"{d}/{CHECKPOINT}" for d in dirs]) if f.type == FileType.File]
     for f in sorted(files, key=lambda f: f.mtime, reverse=True):
         with tune.Checkpoint(f.path.rsplit("/", 1)[0], filesystem=fs).as_directory() as d:

@@ -26,7 +26,7 @@ def test_a_trial_restores_its_newest_complete_checkpoint(tmp_path):
     from types import SimpleNamespace
 
     import torch
-    from pyarrow.fs import LocalFileSystem
+    from pyarrow.fs import FileSelector, LocalFileSystem
 
     from cascade.train import CHECKPOINT
     from search.trainable import _restore_newest_checkpoint
@@ -37,6 +37,16 @@ def test_a_trial_restores_its_newest_complete_checkpoint(tmp_path):
     work.mkdir()
     _restore_newest_checkpoint(storage, work)  # no trial dir yet
     assert not (work / CHECKPOINT).exists()
+
+    class RacingFS(LocalFileSystem):
+        """pyarrow when Tune creates the trial's directory between its listing and its existence check."""
+        def get_file_info(self, what):
+            if isinstance(what, FileSelector):
+                raise FileNotFoundError(f"Cannot list directory '{what.base_dir}'")
+            return super().get_file_info(what)
+
+    _restore_newest_checkpoint(SimpleNamespace(storage_filesystem=RacingFS(), trial_fs_path=str(trial_dir)), work)
+    assert not (work / CHECKPOINT).exists()  # a trial starting afresh, not a failed one
     for i, epoch in enumerate([1, 3, 2]):  # index 1 holds the newest state: a restarted attempt reused index 0
         path = trial_dir / f"checkpoint_00000{i}" / CHECKPOINT
         path.parent.mkdir(parents=True)
