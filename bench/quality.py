@@ -389,7 +389,7 @@ def plot(report: dict, path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     s, t = report["settings"], report["teacher"]
     fig.suptitle(f"{s['model']} x{s['width']}, {s['epochs'][0]}+{s['epochs'][1]} epochs ({s['mode']} mode), "
-                 f"teacher {t['accuracy']:.2f}%; orange: peers, blue: cascades, gray: cascade ablations"
+                 f"teacher {t['accuracy']:.2f}%\norange: peers, blue: cascades, gray: cascade ablations"
                  + (f"\n{', '.join(s['set'])}" if s.get("set") else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
