@@ -1,15 +1,13 @@
 """A search in which every trial fails (here: a learning rate that makes the loss NaN) says so: exit 1, a
 compact failure summary, the parent run FAILED. (Failing trials among finishing ones: test_scale.)"""
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.record import read_trials
-from test_scale import TINY
+from test_scale import SMOKE, TINY
 
-SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
 
 pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
 

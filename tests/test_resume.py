@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,9 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.record import read_trials
-from test_scale import TINY
+from test_scale import SMOKE, TINY
 
-SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
 
 
 def test_a_trial_restores_its_newest_complete_checkpoint(tmp_path):

@@ -15,8 +15,8 @@ from search import load_config, run_search
 from search.cli import main
 from search.config import trial_prune_config
 from search.frontier import pareto_front
+from test_scale import SMOKE
 
-SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
 FAST = {"num_trials": 4, "concurrency": 4, "resources.cpu": 0.5, "teacher.epochs": 2,
         "budget.joint_epochs": 1, "budget.finetune_epochs": 1}
 
