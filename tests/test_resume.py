@@ -17,7 +17,6 @@ from search.record import read_trials
 from test_scale import SMOKE, TINY
 
 
-
 def test_a_trial_restores_its_newest_complete_checkpoint(tmp_path):
     """The newest persisted checkpoint wins over the one Tune knows of; a truncated one (a node lost while
     persisting) is passed over; a trial with none starts afresh."""
