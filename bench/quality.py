@@ -4,6 +4,7 @@ uniformly thinner network trained from scratch with KD, over several seeds.
 
     python bench/quality.py --data DIR [--mode cpu|gpu] [--targets 0.57 0.73 0.83] [--seeds 0 1 2]
                             [--methods cascade_0ta cascade_1ta:no_hints l1_kd ...] [--epochs J F] [--set K=V]
+                            [--jobs N]
 
 DIR is an ImageFolder-layout CIFAR-10 (train/ and test/ of class folders, e.g. the shared JPEG archive
 extracted). Every method gets the same data split and the same frozen teacher (both from seed 0); a seed
@@ -25,8 +26,10 @@ KD everywhere is the cascade's logit loss (CE + lambda_KD * tau^2 * KL, same tau
 also has its hint term. Selection uses validation only: per target, the best cascade variant and the best peer
 are the ones with the highest seed-mean validation accuracy; their test accuracies are compared. Each finished
 (method, target, seed) row is saved at once into the JSON and skipped on a rerun with the same settings, so a
-long run resumes; cascade runs also resume mid-run from their own checkpoints. Writes bench/quality.json and
-bench/quality.png (per FLOPs target, every method's seed-mean test accuracy +- std, sorted).
+long run resumes; cascade runs also resume mid-run from their own checkpoints. ``--jobs N`` trains N rows at once,
+each in its own process on the same device; an interrupted run (Ctrl-C, SIGTERM) still writes the table of the
+rows it finished. Writes bench/quality.json and bench/quality.png (per FLOPs target, every method's seed-mean
+test accuracy +- std, sorted).
 """
 from __future__ import annotations
 
@@ -34,10 +37,17 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -97,7 +107,7 @@ def method_arg(name: str) -> str:
                                      f"({', '.join(ABLATIONS)})")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="ImageFolder CIFAR-10 root (train/, test/)")
     ap.add_argument("--mode", choices=sorted(MODES), default="cpu")
@@ -114,24 +124,36 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workdir", default="results/bench_quality", help="run directories (checkpoints)")
     ap.add_argument("--out", default=str(HERE / "quality.json"))
-    args = ap.parse_args()
+    ap.add_argument("--jobs", type=int, default=1, help="rows trained at once, each in its own process on the "
+                    "same device (a large GPU: several small trainings together beat one after another)")
+    return ap
 
+
+def configure(args: argparse.Namespace) -> tuple[PruneConfig, dict]:
+    """The shared prune config of every row, and the settings that identify the table (and its run directories)."""
     mode = dict(MODES[args.mode])
     for key in ("width", "train_subset", "teacher_epochs", "epochs"):
         if getattr(args, key) is not None:
             mode[key] = tuple(args.epochs) if key == "epochs" else getattr(args, key)
-    joint, finetune = mode["epochs"]
     cfg = PruneConfig(seed=0, device=args.device)
     cfg.model.width = mode["width"]
     cfg.data.name, cfg.data.root = "imagefolder", args.data
     cfg.data.train_subset, cfg.data.batch_size = mode["train_subset"], mode["batch_size"]
     cfg.teacher.epochs, cfg.teacher.checkpoint = mode["teacher_epochs"], args.teacher
-    cfg.schedule.joint_epochs, cfg.schedule.finetune_epochs = joint, finetune
+    cfg.schedule.joint_epochs, cfg.schedule.finetune_epochs = mode["epochs"]
     cfg = prune_config(to_dict(cfg), args.set)
     settings = {"mode": args.mode, "model": cfg.model.name, **{k: list(v) if isinstance(v, tuple) else v
                                                                 for k, v in mode.items()},
                 "teacher": args.teacher, "data": str(Path(args.data).resolve()),
                 **({"set": args.set} if args.set else {})}
+    return cfg, settings
+
+
+def main() -> None:
+    args = parser().parse_args()
+    signal.signal(signal.SIGTERM, _exit_once)  # a timeout's SIGTERM still saves the table and plot
+    cfg, settings = configure(args)
+    joint, finetune = cfg.schedule.joint_epochs, cfg.schedule.finetune_epochs
     # run directories keyed by the settings: a rerun resumes its own cascades, never another table's
     workdir = Path(args.workdir) / hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -150,44 +172,118 @@ def main() -> None:
           f"{len(data.val)} val, {len(data.test)} test; {joint}+{finetune} epochs")
 
     done = {(r["method"], r["target"], r["seed"]) for r in report["rows"]}
-    for seed in args.seeds:
-        for target in args.targets:
-            for method in args.methods:
-                if (method, target, seed) in done:
-                    continue
-                t0 = time.time()
-                run_cfg = copy.deepcopy(cfg)
-                run_cfg.seed = seed
-                base, ablations = split_method(method)
-                if base in CASCADES:
-                    run_cfg = prune_config(to_dict(run_cfg), [o for a in ablations for o in ABLATIONS[a]])
-                    run_cfg.cascade.ratios = member_ratios(target, CASCADES[base], "paper")
-                    res = run_prune(run_cfg, workdir / f"{method.replace(':', '-')}_{target}_s{seed}", data=data,
-                                    teacher=(teacher, t_acc))
-                    acc, val_acc, flops, params = res["accuracy"], res["val_accuracy"], res["flops"], res["params"]
-                    churn = [h["churn/m0"] for h in res["history"] if h["phase"] == "joint"]
-                    extra = {"student_after_joint": res["members"][0]["test_acc"],
-                             "members_after_joint": [m["val_acc"] for m in res["members"]],
-                             "churn_per_epoch": churn}
-                else:
-                    student, recipe = peer(base, teacher, target, base_flops, data, run_cfg, device)
-                    flops, params = count_flops(student, data.input_size)
-                    extra = {"start_acc": float(evaluate(prepare(student, device), data.test, device))}
-                    student = distill(student, teacher, data, run_cfg, device, epochs=joint + finetune, **recipe)
-                    acc = float(evaluate(student, data.test, device))
-                    val_acc = float(evaluate(student, data.val, device))
-                row = {"method": method, "target": target, "seed": seed, "accuracy": acc, "val_accuracy": val_acc,
-                       "flops": flops, "params": params, "flops_reduction": 1 - flops / base_flops,
-                       "wall_s": time.time() - t0, **extra}
-                print(f"== {method} @ -{target:.0%} FLOPs, seed {seed}: test {acc:.2f}% val {val_acc:.2f}% at "
-                      f"{flops / 1e6:.2f}M (-{row['flops_reduction']:.1%}), {row['wall_s']:.0f}s", flush=True)
-                report["rows"].append(row)
-                out.write_text(json.dumps(report, indent=2))
-    report["summary"] = summarize(report["rows"])
-    report["verdict"] = verdict(report["summary"])
-    out.write_text(json.dumps(report, indent=2))
-    plot(report, out.with_suffix(".png"))
-    print(table(report))
+    pending = [(m, t, s) for s in args.seeds for t in args.targets for m in args.methods if (m, t, s) not in done]
+
+    def save(row: dict) -> None:
+        print(f"== {row['method']} @ -{row['target']:.0%} FLOPs, seed {row['seed']}: test {row['accuracy']:.2f}% "
+              f"val {row['val_accuracy']:.2f}% at {row['flops'] / 1e6:.2f}M (-{row['flops_reduction']:.1%}), "
+              f"{row['wall_s']:.0f}s", flush=True)
+        report["rows"].append(row)
+        out.write_text(json.dumps(report, indent=2))
+
+    try:
+        if args.jobs > 1:
+            run_parallel(pending, args, workdir, save)
+        else:
+            for method, target, seed in pending:
+                save(run_row(method, target, seed, cfg, data, (teacher, t_acc), workdir, device))
+    finally:  # also when interrupted (Ctrl-C, a timeout's SIGTERM): the table and plot of the rows finished
+        if report["rows"]:
+            report["summary"] = summarize(report["rows"])
+            report["verdict"] = verdict(report["summary"])
+            out.write_text(json.dumps(report, indent=2))
+            plot(report, out.with_suffix(".png"))
+            print(table(report))
+
+
+def _exit_once(*_) -> None:
+    """SIGTERM: unwind through the ``finally`` blocks; further SIGTERMs (``timeout`` sends one to the process and
+    one to its group) must not cut that short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
+
+
+def run_row(method: str, target: float, seed: int, cfg: PruneConfig, data, teacher: tuple[nn.Module, float],
+            workdir: Path, device: torch.device) -> dict:
+    """One (method, FLOPs target, seed) row: train, then the student's test and validation accuracy."""
+    t0 = time.time()
+    run_cfg = copy.deepcopy(cfg)
+    run_cfg.seed = seed
+    base, ablations = split_method(method)
+    base_flops = count_flops(teacher[0], data.input_size)[0]
+    if base in CASCADES:
+        run_cfg = prune_config(to_dict(run_cfg), [o for a in ablations for o in ABLATIONS[a]])
+        run_cfg.cascade.ratios = member_ratios(target, CASCADES[base], "paper")
+        res = run_prune(run_cfg, workdir / f"{method.replace(':', '-')}_{target}_s{seed}", data=data, teacher=teacher)
+        acc, val_acc, flops, params = res["accuracy"], res["val_accuracy"], res["flops"], res["params"]
+        churn = [h["churn/m0"] for h in res["history"] if h["phase"] == "joint"]
+        extra = {"student_after_joint": res["members"][0]["test_acc"],
+                 "members_after_joint": [m["val_acc"] for m in res["members"]], "churn_per_epoch": churn}
+    else:
+        student, recipe = peer(base, teacher[0], target, base_flops, data, run_cfg, device)
+        flops, params = count_flops(student, data.input_size)
+        extra = {"start_acc": float(evaluate(prepare(student, device), data.test, device))}
+        epochs = cfg.schedule.joint_epochs + cfg.schedule.finetune_epochs
+        student = distill(student, teacher[0], data, run_cfg, device, epochs=epochs, **recipe)
+        acc, val_acc = float(evaluate(student, data.test, device)), float(evaluate(student, data.val, device))
+    return {"method": method, "target": target, "seed": seed, "accuracy": acc, "val_accuracy": val_acc,
+            "flops": flops, "params": params, "flops_reduction": 1 - flops / base_flops, "wall_s": time.time() - t0,
+            **extra}
+
+
+def run_parallel(pending: list[tuple[str, float, int]], args: argparse.Namespace, workdir: Path,
+                 save: Callable[[dict], None]) -> None:
+    """Run ``pending`` rows ``args.jobs`` at a time, each as this script in its own process on the same device
+    (a large GPU trains several small networks together faster than one after another: one alone leaves it
+    idle between kernel launches). Rows start in ``pending``'s order (seed-major: a cut-short run has whole
+    seeds) and are saved as each finishes; a row's output goes to ``<workdir>/logs/``. The children find the
+    data and the teacher in the cache the parent filled."""
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+    stop, lock = threading.Event(), threading.Lock()  # set on the way out: no row starts after it
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+
+    def one(row: tuple[str, float, int]) -> tuple[tuple, int, Path]:
+        name = f"{row[0].replace(':', '-')}_{row[1]}_s{row[2]}"
+        part, log = workdir / "logs" / f"{name}.json", workdir / "logs" / f"{name}.log"
+        part.unlink(missing_ok=True)
+        with open(log, "w") as f:
+            with lock:
+                if stop.is_set():
+                    return row, -1, part
+                p = subprocess.Popen(child_argv(args, *row, part), stdout=f, stderr=subprocess.STDOUT, env=env)
+                procs.append(p)
+            return row, p.wait(), part
+
+    pool = ThreadPoolExecutor(args.jobs)
+    try:
+        for fut in as_completed([pool.submit(one, row) for row in pending]):
+            row, rc, part = fut.result()
+            if rc == 0:
+                save(json.loads(part.read_text())["rows"][0])
+            else:
+                tail = part.with_suffix(".log").read_text().splitlines()[-15:]
+                print(f"!! {row[0]} @ -{row[1]:.0%} FLOPs, seed {row[2]} failed (exit {rc}); the end of "
+                      f"{part.with_suffix('.log')}:\n" + "\n".join(tail), flush=True)
+    finally:
+        with lock:
+            stop.set()
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def child_argv(args: argparse.Namespace, method: str, target: float, seed: int, out: Path) -> list[str]:
+    """This script's command line for one row, with the parent's settings (so the same run directory)."""
+    argv = [sys.executable, __file__, "--data", args.data, "--mode", args.mode, "--device", args.device,
+            "--workdir", args.workdir, "--out", str(out), "--methods", method, "--targets", repr(target),
+            "--seeds", str(seed)]
+    for flag, value in (("--width", args.width), ("--train-subset", args.train_subset),
+                        ("--teacher-epochs", args.teacher_epochs), ("--teacher", args.teacher)):
+        argv += [flag, str(value)] if value is not None else []
+    argv += ["--epochs", *map(str, args.epochs)] if args.epochs else []
+    return argv + [a for kv in args.set for a in ("--set", kv)]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -267,27 +363,28 @@ def tp_global(teacher: nn.Module, max_flops: float, data, cfg: PruneConfig, impo
     """Torch-Pruning's global pruning (one channel ranking across layers, so layers shrink unevenly) with
     group-L2 (``norm``) or first-order Taylor (``taylor``: |w * dL/dw| of the KD loss over 4 training
     batches) importance; the largest global ratio within ``max_flops``. No layer loses more than 90%."""
-    batches, t_logits = [], []
-    if importance == "taylor":  # the KD loss's gradient on a few seeded training batches, and the teacher's logits
+    grads: dict[str, torch.Tensor] = {}
+    if importance == "taylor":  # the KD loss's gradient on a few seeded training batches, computed once
+        device = next(teacher.parameters()).device
+        m = _prunable(teacher).to(device)  # fp32, eval mode: every pruned copy would get this same gradient
         g = torch.Generator().manual_seed(cfg.seed)
-        batches = [b for _, b in zip(range(4), data.train.batches(cfg.data.batch_size, torch.device("cpu"),
-                                                                 train=True, generator=g))]
-        with torch.no_grad():
-            t = _prunable(teacher)
-            t_logits = [t(x) for x, _ in batches]
+        for _, (x, y) in zip(range(4), data.train.batches(cfg.data.batch_size, device, train=True, generator=g)):
+            with torch.no_grad():
+                t_logits = m(x)
+            loss = member_loss(m(x), y, t_logits, tau=cfg.loss.tau, lambda_kd=cfg.loss.lambda_kd, lambda_h=0.0)
+            loss["loss"].backward()
+        grads = {n: p.grad.cpu() for n, p in m.named_parameters()}
 
     def pruned(ratio: float) -> nn.Module:
         m = _prunable(teacher)
         if ratio <= 0:
             return m
+        for n, p in m.named_parameters():
+            p.grad = grads[n].clone() if grads else None
         imp = tp.importance.GroupTaylorImportance() if importance == "taylor" else \
             tp.importance.GroupMagnitudeImportance(p=2)
         pruner = tp.pruner.MetaPruner(m, torch.zeros(1, *data.input_size), importance=imp, global_pruning=True,
                                       pruning_ratio=ratio, max_pruning_ratio=0.9, ignored_layers=_linears(m))
-        if importance == "taylor":
-            m.zero_grad()
-            for (x, y), tl in zip(batches, t_logits):
-                member_loss(m(x), y, tl, tau=cfg.loss.tau, lambda_kd=cfg.loss.lambda_kd, lambda_h=0.0)["loss"].backward()
         pruner.step()
         m.zero_grad(set_to_none=True)
         return m

@@ -248,7 +248,7 @@ class PruneConfig:
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     cache_dir: str | None = None   # teacher and decoded-data cache (default ~/.cache/cascade or $CASCADE_CACHE)
     onnx: bool = False             # also write student.onnx
-    compile: bool | None = None    # torch.compile the training steps (null: on CUDA, off on CPU)
+    compile: bool = False          # torch.compile the training steps (opt-in: see the README)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

@@ -306,7 +306,8 @@ class CascadeNet(nn.Module):
         return _Layout(self.group_of, self.sizes, self.cost_model)
 
     # ------------------------------------------------------------------ masks
-    def _threshold(self) -> torch.Tensor:
+    @torch.compiler.disable  # eager: inductor on CUDA (torch 2.11, bf16 autocast) once made a float32 operand of
+    def _threshold(self) -> torch.Tensor:  # the float64 cost matmul ("mat1 and mat2 ... float != double")
         with torch.no_grad():
             return threshold_masks(self.scores, self._layout(), kind=self.budget, limits=self.limits,
                                    round_to=self.round_to)

@@ -128,12 +128,11 @@ def _build(cfg: PruneConfig, out: Path, data: DataBundle | None, teacher, log) -
                      route_scores=cfg.cascade.route_scores, budget=cfg.cascade.budget, round_to=cfg.cascade.round_to,
                      prune_stem=cfg.cascade.prune_stem)
     net = prepare(net, device, channels_last=False)
-    compile_ = device.type == "cuda" if cfg.compile is None else cfg.compile
-    if compile_:  # one compile cache for every run of this cache dir (the trials of a search share it)
+    if cfg.compile:  # one compile cache for every run of this cache dir (the trials of a search share it)
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.cache_dir or default_cache_dir()) / "inductor"))
     run = _Run(cfg, out, data, device, t_model, t_acc, net,
                {"phase": "joint", "epoch": 0, "history": [], "joint_member_acc": None},
-               max(1, len(data.train) // cfg.data.batch_size), torch.Generator().manual_seed(cfg.seed), compile_)
+               max(1, len(data.train) // cfg.data.batch_size), torch.Generator().manual_seed(cfg.seed), cfg.compile)
     if run.ckpt.exists():
         run.state = load_checkpoint(run.ckpt)
         net.load_state_dict(run.state["net"])
