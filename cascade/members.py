@@ -306,8 +306,10 @@ class CascadeNet(nn.Module):
         return _Layout(self.group_of, self.sizes, self.cost_model)
 
     # ------------------------------------------------------------------ masks
-    @torch.compiler.disable  # eager: inductor on CUDA (torch 2.11, bf16 autocast) once made a float32 operand of
-    def _threshold(self) -> torch.Tensor:  # the float64 cost matmul ("mat1 and mat2 ... float != double")
+    # Eager even inside a compiled step: on CUDA (torch 2.11) the compiled graph fed the float64 cost matmul a
+    # float32 operand ("expected mat1 and mat2 to have the same dtype"); eagerly, float64 stays float64.
+    @torch.compiler.disable
+    def _threshold(self) -> torch.Tensor:
         with torch.no_grad():
             return threshold_masks(self.scores, self._layout(), kind=self.budget, limits=self.limits,
                                    round_to=self.round_to)
