@@ -186,7 +186,7 @@ def main() -> None:
             run_parallel(pending, args, workdir, save)
         else:
             for method, target, seed in pending:
-                save(run_row(method, target, seed, cfg, data, (teacher, t_acc), workdir, device))
+                save(run_row(method, target, seed, cfg, data, (teacher, t_acc), base_flops, workdir, device))
     finally:  # also when interrupted (Ctrl-C, a timeout's SIGTERM): the table and plot of the rows finished
         if report["rows"]:
             report["summary"] = summarize(report["rows"])
@@ -203,18 +203,22 @@ def _exit_once(*_) -> None:
     sys.exit(143)
 
 
+def row_name(method: str, target: float, seed: int) -> str:
+    """A row's file-system name: its cascade's run directory and, with ``--jobs``, its log."""
+    return f"{method.replace(':', '-')}_{target}_s{seed}"
+
+
 def run_row(method: str, target: float, seed: int, cfg: PruneConfig, data, teacher: tuple[nn.Module, float],
-            workdir: Path, device: torch.device) -> dict:
+            base_flops: int, workdir: Path, device: torch.device) -> dict:
     """One (method, FLOPs target, seed) row: train, then the student's test and validation accuracy."""
     t0 = time.time()
     run_cfg = copy.deepcopy(cfg)
     run_cfg.seed = seed
     base, ablations = split_method(method)
-    base_flops = count_flops(teacher[0], data.input_size)[0]
     if base in CASCADES:
         run_cfg = prune_config(to_dict(run_cfg), [o for a in ablations for o in ABLATIONS[a]])
         run_cfg.cascade.ratios = member_ratios(target, CASCADES[base], "paper")
-        res = run_prune(run_cfg, workdir / f"{method.replace(':', '-')}_{target}_s{seed}", data=data, teacher=teacher)
+        res = run_prune(run_cfg, workdir / row_name(method, target, seed), data=data, teacher=teacher)
         acc, val_acc, flops, params = res["accuracy"], res["val_accuracy"], res["flops"], res["params"]
         churn = [h["churn/m0"] for h in res["history"] if h["phase"] == "joint"]
         extra = {"student_after_joint": res["members"][0]["test_acc"],
@@ -244,7 +248,7 @@ def run_parallel(pending: list[tuple[str, float, int]], args: argparse.Namespace
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
 
     def one(row: tuple[str, float, int]) -> tuple[tuple, int, Path]:
-        name = f"{row[0].replace(':', '-')}_{row[1]}_s{row[2]}"
+        name = row_name(*row)
         part, log = workdir / "logs" / f"{name}.json", workdir / "logs" / f"{name}.log"
         part.unlink(missing_ok=True)
         with open(log, "w") as f:
