@@ -16,6 +16,8 @@ of epochs (the cascade's joint + fine-tune epochs; the peers train that many epo
 - ``l1_kd``: Torch-Pruning's MagnitudePruner (L1, uniform per-layer ratio, linear layers kept) on the teacher,
   the ratio bisected to the target FLOPs, then KD fine-tuning with the cascade's fine-tune optimizer;
   ``l1_kd_stem`` the same with the first conv unpruned, as METHOD.md's member stem (``keep_stem``; a diagnostic);
+  ``<peer>:phases`` a peer trained on the cascade's lr schedule: its epochs as two phases of the joint
+  and fine-tune lengths, each with its own restart cycles from the peak lr;
 - ``tp_global_norm`` / ``tp_global_taylor``: Torch-Pruning's global (non-uniform) pruning with group-L2 or
   first-order Taylor importance (gradients of the KD loss on a few training batches), the global ratio bisected
   to the target FLOPs, then the same KD fine-tuning;
@@ -84,6 +86,9 @@ ABLATIONS = {
     "filters_budget": ["cascade.budget=filters"],     # the paper's k (a fraction of filters), not of FLOPs
 }
 NEEDS_TAS = {"student_w0.75", "shared_own_grads"}  # with 0 TAs the student is the only member: a no-op
+# A peer's one ablation: the cascade's lr schedule (two phases, joint then fine-tune epochs, each restarting its
+# cycles at the peak lr) instead of one schedule over all its epochs, so the schedule is not what separates them.
+PEER_ABLATIONS = {"phases"}
 DEFAULT_METHODS = ["cascade_0ta", "cascade_1ta", "cascade_2ta", "l1_kd", "tp_global_norm", "tp_global_taylor"]
 
 
@@ -95,7 +100,7 @@ def split_method(name: str) -> tuple[str, list[str]]:
 
 def method_arg(name: str) -> str:
     base, parts = split_method(name)
-    if base in PEERS and not parts:
+    if base in PEERS and set(parts) <= PEER_ABLATIONS:
         return name
     if base in CASCADES and CASCADES[base] == 0 and NEEDS_TAS.intersection(parts):
         raise argparse.ArgumentTypeError(f"{name!r}: {', '.join(NEEDS_TAS.intersection(parts))} changes only runs "
@@ -104,7 +109,7 @@ def method_arg(name: str) -> str:
         return name
     raise argparse.ArgumentTypeError(f"unknown method {name!r}: expected one of {', '.join([*CASCADES, *PEERS])}, "
                                      f"a cascade optionally with :<ablation>[+<ablation>...] "
-                                     f"({', '.join(ABLATIONS)})")
+                                     f"({', '.join(ABLATIONS)}), a peer optionally with :phases")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -227,8 +232,9 @@ def run_row(method: str, target: float, seed: int, cfg: PruneConfig, data, teach
         student, recipe = peer(base, teacher[0], target, base_flops, data, run_cfg, device)
         flops, params = count_flops(student, data.input_size)
         extra = {"start_acc": float(evaluate(prepare(student, device), data.test, device))}
-        epochs = cfg.schedule.joint_epochs + cfg.schedule.finetune_epochs
-        student = distill(student, teacher[0], data, run_cfg, device, epochs=epochs, **recipe)
+        phases = [cfg.schedule.joint_epochs, cfg.schedule.finetune_epochs]
+        for epochs in phases if "phases" in ablations else [sum(phases)]:
+            student = distill(student, teacher[0], data, run_cfg, device, epochs=epochs, **recipe)
         acc, val_acc = float(evaluate(student, data.test, device)), float(evaluate(student, data.val, device))
     return {"method": method, "target": target, "seed": seed, "accuracy": acc, "val_accuracy": val_acc,
             "flops": flops, "params": params, "flops_reduction": 1 - flops / base_flops, "wall_s": time.time() - t0,
@@ -478,7 +484,7 @@ def plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(targets), figsize=(6.0 * len(targets), height), squeeze=False)
 
     def colour(method: str) -> str:
-        return "tab:gray" if ":" in method else "tab:blue" if method.startswith("cascade") else "tab:orange"
+        return "tab:orange" if not method.startswith("cascade") else "tab:gray" if ":" in method else "tab:blue"
 
     for ax, target in zip(axes[0], targets):
         part = sorted((r for r in rows if r["target"] == target), key=lambda r: r["accuracy"])

@@ -1,5 +1,5 @@
-"""bench/quality.py: a row run in its own process (``--jobs``) rebuilds the parent's configuration, and the
-Taylor peer prunes with the gradient it computed once."""
+"""bench/quality.py: a row run in its own process (``--jobs``) rebuilds the parent's configuration, the
+Taylor peer prunes with the gradient it computed once, and a peer on the cascade's schedule restarts it."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -53,3 +53,21 @@ def test_the_taylor_peer_fits_the_budget_and_differs_from_group_norm():
         widths[importance] = [m.out_channels for m in student.modules() if isinstance(m, torch.nn.Conv2d)]
     assert widths["taylor"] != widths["norm"]  # the gradient reached the importance
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is left as it was
+
+
+def test_a_peer_on_the_cascades_schedule_restarts_at_fine_tuning(tmp_path, capsys):
+    q = _quality()
+    assert q.method_arg("l1_kd:phases") == "l1_kd:phases"
+    with pytest.raises(Exception, match="unknown method"):
+        q.method_arg("l1_kd:no_hints")  # the cascade's ablations are not the peers'
+    data = load_data(name="digits", train_subset=300)
+    teacher = create_model("vgg16_cifar", num_classes=10, width=0.125).eval()
+    base = count_flops(teacher, data.input_size)[0]
+    cfg = PruneConfig()
+    cfg.data.batch_size, cfg.schedule.joint_epochs, cfg.schedule.finetune_epochs = 64, 1, 2
+    epochs = {}
+    for method in ("l1_kd", "l1_kd:phases"):
+        row = q.run_row(method, 0.5, 0, cfg, data, (teacher, 10.0), base, tmp_path, torch.device("cpu"))
+        assert row["method"] == method and row["flops_reduction"] >= 0.5
+        epochs[method] = [line.split()[2] for line in capsys.readouterr().out.splitlines() if "distill epoch" in line]
+    assert epochs == {"l1_kd": ["1/3", "2/3", "3/3"], "l1_kd:phases": ["1/1", "1/2", "2/2"]}
