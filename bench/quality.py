@@ -109,7 +109,8 @@ def method_arg(name: str) -> str:
         return name
     raise argparse.ArgumentTypeError(f"unknown method {name!r}: expected one of {', '.join([*CASCADES, *PEERS])}, "
                                      f"a cascade optionally with :<ablation>[+<ablation>...] "
-                                     f"({', '.join(ABLATIONS)}), a peer optionally with :phases")
+                                     f"({', '.join(ABLATIONS)}), a peer optionally with "
+                                     f":{' or :'.join(sorted(PEER_ABLATIONS))}")
 
 
 def parser() -> argparse.ArgumentParser:
