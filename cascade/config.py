@@ -169,6 +169,8 @@ def split_override(text: str) -> tuple[str, Any]:
 
 
 # ---------------------------------------------------------------- the prune config
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
 @dataclass
 class ModelConfig:
     name: str = "vgg16_cifar"
@@ -249,6 +251,7 @@ class PruneConfig:
     cache_dir: str | None = None   # teacher and decoded-data cache (default ~/.cache/cascade or $CASCADE_CACHE)
     onnx: bool = False             # also write student.onnx
     compile: bool = False          # torch.compile the training steps (opt-in: see the README)
+    compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -321,6 +324,8 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
     s = cfg.schedule
     check(s.joint_epochs >= 1, "schedule.joint_epochs", f"expected >= 1, got {s.joint_epochs}")
     check(s.finetune_epochs >= 0, "schedule.finetune_epochs", f"expected >= 0, got {s.finetune_epochs}")
+    check(cfg.compile_mode in COMPILE_MODES, "compile_mode",
+          f"expected one of {', '.join(COMPILE_MODES)}, got {cfg.compile_mode!r}")
     check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
            f"expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     return cfg

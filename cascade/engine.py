@@ -80,16 +80,21 @@ Terms = dict[str, torch.Tensor]
 class Step:
     """One training step, whatever is trained: ``loss_fn(x, y)`` -> named terms holding ``loss``; backward;
     every optimizer and scheduler steps. With ``compile``, ``loss_fn`` (forward and loss; AOTAutograd compiles
-    its backward) runs through ``torch.compile``; nothing in a step synchronises with the host.
+    its backward) runs through ``torch.compile`` in ``compile_mode`` (``reduce-overhead``: CUDA graphs, which
+    the training batches' static shapes allow); nothing in a step synchronises with the host.
     ``after_backward()``, if given, may rescale gradients before the optimizers step."""
 
     def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], Terms], optimizers: list, schedulers: list = (),
-                 *, compile: bool = False, after_backward: Callable[[], None] | None = None):
-        self.loss_fn = torch.compile(loss_fn) if compile else loss_fn
+                 *, compile: bool = False, compile_mode: str = "default",
+                 after_backward: Callable[[], None] | None = None):
+        self.loss_fn = torch.compile(loss_fn, mode=compile_mode) if compile else loss_fn
+        self.graphs = compile and compile_mode in ("reduce-overhead", "max-autotune")
         self.optimizers, self.schedulers = [o for o in optimizers if o is not None], list(schedulers)
         self.after_backward = after_backward
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Terms:
+        if self.graphs:  # a new iteration: the previous replay's outputs may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
         terms = self.loss_fn(x, y)
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
@@ -100,6 +105,8 @@ class Step:
             o.step()
         for s in self.schedulers:
             s.step()
+        if self.graphs:  # a graph's outputs live in its pool, overwritten by the next replay
+            return {k: v.detach().clone() for k, v in terms.items()}
         return {k: v.detach() for k, v in terms.items()}
 
 
@@ -143,9 +150,10 @@ def restarts(opt: torch.optim.Optimizer, steps_per_epoch: int, restart_epochs: i
 def fit(model: nn.Module, data, device: torch.device, *, loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor],
         torch.Tensor], epochs: int, lr: float, momentum: float, weight_decay: float, restart_epochs: int,
         restart_decay: float, batch_size: int, seed: int, log: Callable[[str], None] = print,
-        name: str = "train") -> nn.Module:
+        name: str = "train", compile_mode: str | None = None) -> nn.Module:
     """Train ``model`` on ``data.train`` with ``loss_fn(model, x, y)``: SGD + Nesterov, the ``lr_factor``
-    schedule, augmented batches in a seeded order; one log line per epoch. Returns the model in eval mode."""
+    schedule, augmented batches in a seeded order; one log line per epoch; ``compile_mode``: the steps through
+    ``torch.compile`` in that mode. Returns the model in eval mode."""
     torch.manual_seed(seed)
     model = prepare(model, device).train()
     opt = sgd(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -155,7 +163,7 @@ def fit(model: nn.Module, data, device: torch.device, *, loss_fn: Callable[[nn.M
         with autocast(device):
             return {"loss": loss_fn(model, x, y)}
 
-    step = Step(terms, [opt], [sched])
+    step = Step(terms, [opt], [sched], compile=compile_mode is not None, compile_mode=compile_mode or "default")
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         loss = train_epoch(step, data.train, device, batch_size=batch_size, generator=g, name=name,

@@ -306,11 +306,12 @@ class CascadeNet(nn.Module):
         return _Layout(self.group_of, self.sizes, self.cost_model)
 
     # ------------------------------------------------------------------ masks
-    # Eager even inside a compiled step: on CUDA (torch 2.11) the compiled graph fed the float64 cost matmul a
-    # float32 operand ("expected mat1 and mat2 to have the same dtype"); eagerly, float64 stays float64.
+    # Eager even inside a compiled step, and outside autocast: the cost model prices exact integers in float64,
+    # which a compiled graph under CUDA autocast fed a float32 operand ("expected mat1 and mat2 to have the same
+    # dtype"); the masks are a few small ops per step, not worth a graph.
     @torch.compiler.disable
     def _threshold(self) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(self.scores.device.type, enabled=False):
             return threshold_masks(self.scores, self._layout(), kind=self.budget, limits=self.limits,
                                    round_to=self.round_to)
 

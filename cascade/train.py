@@ -197,7 +197,7 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
                                     feats=feats, teacher_feats=[t_store[k] for k in net.hint_names],
                                     weights=weights)
 
-        step = Step(loss_fn, [opt_w, opt_s], scheds, compile=run.compile,
+        step = Step(loss_fn, [opt_w, opt_s], scheds, compile=run.compile, compile_mode=run.cfg.compile_mode,
                     after_backward=own_grads_in_full(net, weights) if lo.own_grads == "full" else None)
         prev = net.eval().final_masks().clone()
         while state["phase"] == "joint" and state["epoch"] < cfg.schedule.joint_epochs:
@@ -289,7 +289,7 @@ def _finetune_phase(run: _Run) -> Generator[dict, None, nn.Module]:
                                    feats=[s_store[k] for k in net.hint_names],
                                    teacher_feats=[t_stores[ti][k] for k in net.hint_names], plans=plans[ti])
 
-        step = Step(loss_fn, [opt], [sched], compile=run.compile)
+        step = Step(loss_fn, [opt], [sched], compile=run.compile, compile_mode=cfg.compile_mode)
         while state["phase"] == "finetune" and state["epoch"] < cfg.schedule.finetune_epochs:
             t0 = time.time()
             student.train()
