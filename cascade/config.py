@@ -170,6 +170,7 @@ def split_override(text: str) -> tuple[str, Any]:
 
 # ---------------------------------------------------------------- the prune config
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+METHODS = ("cascade", "l1", "group_norm", "taylor")  # cascade.peers holds the one-shot ones
 
 @dataclass
 class ModelConfig:
@@ -186,7 +187,9 @@ class DataConfig:
     image_size: int = 32         # <= 64: decoded once into tensors; larger: streamed (ImageNet)
     train_subset: int | None = None
     test_subset: int | None = None
-    val_fraction: float = 0.1    # of the training images, held out for member health and teacher swaps
+    val_fraction: float = 0.1    # of the training images, held out for member health, teacher swaps, selection
+    split_seed: int | None = None  # seeds the validation split (None: the run's seed): teachers of other seeds
+    #                                on one split
     batch_size: int = 128
     workers: int = 4
 
@@ -246,6 +249,7 @@ class ScheduleConfig:
 
 @dataclass
 class PruneConfig:
+    method: str = "cascade"        # cascade | l1 | group_norm | taylor (one-shot peers: cascade.peers)
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     cache_dir: str | None = None   # teacher and decoded-data cache (default ~/.cache/cascade or $CASCADE_CACHE)
@@ -324,6 +328,7 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
     s = cfg.schedule
     check(s.joint_epochs >= 1, "schedule.joint_epochs", f"expected >= 1, got {s.joint_epochs}")
     check(s.finetune_epochs >= 0, "schedule.finetune_epochs", f"expected >= 0, got {s.finetune_epochs}")
+    check(cfg.method in METHODS, "method", f"expected one of {', '.join(METHODS)}, got {cfg.method!r}")
     check(cfg.compile_mode in COMPILE_MODES, "compile_mode",
           f"expected one of {', '.join(COMPILE_MODES)}, got {cfg.compile_mode!r}")
     check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",

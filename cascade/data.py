@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DataBundle", "load_data", "DataError"]
+__all__ = ["DataBundle", "load_data", "DataError", "split_indices"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (B, 3, H, W) float normalised, (B,) int64
 
@@ -112,8 +112,9 @@ def load_data(*, name: str, root: str | None = None, download: bool = False, ima
               seed: int = 0, workers: int = 4, cache_dir: str | None = None) -> DataBundle:
     """Load a data set by name: ``digits``, ``cifar10``, ``cifar100`` or ``imagefolder``.
 
-    The validation split is ``val_fraction`` of the (subset) training images, held out for member health
-    and teacher swaps; accuracy is reported on the test split.
+    The validation split is ``val_fraction`` of the training images (``split_indices``, seeded by ``seed``),
+    held out for member health, teacher swaps and selection; ``train_subset`` trains on part of the rest;
+    accuracy is reported on the test split.
     """
     if name == "imagefolder" and image_size > 64:
         return _stream_imagefolder(root, image_size, train_subset, test_subset, val_fraction, seed, workers)
@@ -129,22 +130,31 @@ def load_data(*, name: str, root: str | None = None, download: bool = False, ima
         os.replace(tmp, cache)  # atomic: concurrent trials never read half a file
     xtr, ytr, xte, yte = tensors["xtr"], tensors["ytr"], tensors["xte"], tensors["yte"]
     num_classes = int(tensors["num_classes"])
-    g = torch.Generator().manual_seed(seed)
-    if train_subset is not None and train_subset < len(ytr):
-        keep = torch.randperm(len(ytr), generator=g)[:train_subset]
-        xtr, ytr = xtr[keep], ytr[keep]
+    val_idx, all_tr = split_indices(len(ytr), val_fraction, seed)
+    tr_idx = all_tr[:train_subset] if train_subset is not None else all_tr
     if test_subset is not None and test_subset < len(yte):
-        keep = torch.randperm(len(yte), generator=g)[:test_subset]
+        keep = torch.randperm(len(yte), generator=torch.Generator().manual_seed(seed))[:test_subset]
         xte, yte = xte[keep], yte[keep]
-    perm = torch.randperm(len(ytr), generator=g)
-    n_val = int(round(val_fraction * len(ytr)))
-    val_idx, tr_idx = perm[:n_val], perm[n_val:]
-    xf = xtr[tr_idx].float() / 255
+    n_val = len(val_idx)
+    # normalised by every training image of the split, so a subset's inputs are its teacher's (trained on all)
+    xf = xtr[all_tr].float() / 255
     mean, std = xf.mean(dim=(0, 2, 3)), xf.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    del xf
     split = lambda x, y: TensorSplit(x, y, mean, std)  # noqa: E731
     test = split(xte, yte)
     val = split(xtr[val_idx], ytr[val_idx]) if n_val else test  # val_fraction 0: validate on the test split
     return DataBundle(split(xtr[tr_idx], ytr[tr_idx]), val, test, num_classes, (3, image_size, image_size))
+
+
+def split_indices(n: int, val_fraction: float, seed: int, train_subset: int | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation, training) indices of ``n`` training images: one seeded permutation, its first
+    ``val_fraction`` held out; ``train_subset`` then keeps the first images of the rest. The validation split
+    depends on (n, val_fraction, seed) only, so a subset never trains on another run's validation images."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(val_fraction * n))
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    return val_idx, tr_idx[:train_subset] if train_subset is not None else tr_idx
 
 
 def default_cache_dir() -> str:
@@ -245,14 +255,11 @@ def _stream_imagefolder(root, image_size, train_subset, test_subset, val_fractio
 
     train_dir, test_dir = imagefolder_splits(root)
     n_train = len(ImageFolder(str(train_dir)).samples)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n_train, generator=g).tolist()
-    n_val = int(round(val_fraction * n_train)) if val_fraction > 0 else 0
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
-    if train_subset is not None:
-        train_idx = train_idx[:train_subset]
+    val_idx, train_idx = (t.tolist() for t in split_indices(n_train, val_fraction, seed, train_subset))
+    n_val = len(val_idx)
     n_test = len(ImageFolder(str(test_dir)).samples)
-    test_idx = torch.randperm(n_test, generator=g)[:test_subset].tolist() if test_subset else None
+    test_idx = (torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))[:test_subset].tolist()
+                if test_subset else None)
     train = StreamSplit(train_dir, True, image_size, workers, train_idx)
     test = StreamSplit(test_dir, False, image_size, workers, test_idx)
     val = StreamSplit(train_dir, False, image_size, workers, val_idx) if n_val else test

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["resolve_device", "autocast", "prepare", "evaluate", "lr_factor", "Step", "train_epoch", "sgd", "restarts",
-           "fit", "save_atomic", "load_checkpoint", "CheckpointError"]
+           "fit", "save_atomic", "load_checkpoint", "CheckpointError", "format_seconds"]
 
 
 class CheckpointError(RuntimeError):
@@ -150,10 +151,11 @@ def restarts(opt: torch.optim.Optimizer, steps_per_epoch: int, restart_epochs: i
 def fit(model: nn.Module, data, device: torch.device, *, loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor],
         torch.Tensor], epochs: int, lr: float, momentum: float, weight_decay: float, restart_epochs: int,
         restart_decay: float, batch_size: int, seed: int, log: Callable[[str], None] = print,
-        name: str = "train", compile_mode: str | None = None) -> nn.Module:
+        name: str = "train", compile_mode: str | None = None, checkpoint: Path | None = None) -> nn.Module:
     """Train ``model`` on ``data.train`` with ``loss_fn(model, x, y)``: SGD + Nesterov, the ``lr_factor``
-    schedule, augmented batches in a seeded order; one log line per epoch; ``compile_mode``: the steps through
-    ``torch.compile`` in that mode. Returns the model in eval mode."""
+    schedule, augmented batches in a seeded order; one log line per epoch with an ETA; ``compile_mode``: the
+    steps through ``torch.compile`` in that mode. With ``checkpoint``, every epoch is saved there and a new call
+    resumes from it. Returns the model in eval mode."""
     torch.manual_seed(seed)
     model = prepare(model, device).train()
     opt = sgd(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -165,12 +167,37 @@ def fit(model: nn.Module, data, device: torch.device, *, loss_fn: Callable[[nn.M
 
     step = Step(terms, [opt], [sched], compile=compile_mode is not None, compile_mode=compile_mode or "default")
     g = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["rng"])
+        start = state["epoch"]
+        log(f"{name}: resuming from {checkpoint}, {start} of {epochs} epochs done")
+    t0 = time.time()
+    for epoch in range(start, epochs):
         loss = train_epoch(step, data.train, device, batch_size=batch_size, generator=g, name=name,
                            epoch=epoch + 1)["loss"]
         acc = evaluate(model, data.val, device) if len(data.val) else float("nan")
-        log(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  val acc {acc:.2f}%")
+        if checkpoint is not None:
+            save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                         "rng": g.get_state(), "epoch": epoch + 1}, checkpoint)
+        eta = (time.time() - t0) / (epoch + 1 - start) * (epochs - epoch - 1)
+        log(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  val acc {acc:.2f}%"
+            + (f"  (ETA {format_seconds(eta)})" if epoch + 1 < epochs else ""))
     return model.eval()
+
+
+def format_seconds(s: float) -> str:
+    """``42s``, ``7m05s``, ``2h13m``."""
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:

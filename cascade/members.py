@@ -263,7 +263,14 @@ class CascadeNet(nn.Module):
                 init.append(torch.rand(g.size, generator=torch.Generator().manual_seed(gi)))
         self.scores = nn.Parameter(torch.cat(init).float().repeat(n, 1))  # (N, F)
         self.route_scores = route_scores  # the cascaded update; False only for ablations
-        self.scores.register_hook(lambda grad: route_to_teacher(grad) if self.route_scores else grad)
+        # A pruned stem is each member's own conv, not shared: member i+1's stem filter j is another filter than
+        # member i's, so its gradient says nothing about i's. Those scores keep their own gradient.
+        own = torch.zeros(f, dtype=torch.bool)
+        for gi, g in enumerate(self.groups):
+            if g.root == self.stem_name:
+                own[offsets[gi]:offsets[gi] + g.size] = True
+        self.register_buffer("_own_grad", own, persistent=False)
+        self.scores.register_hook(self._route)
 
         # Each BatchNorm's channels -> flat filter (or F: a channel of no group, always kept). A BN after a
         # concatenation takes its channels from several groups; each position finds its own.
@@ -292,6 +299,12 @@ class CascadeNet(nn.Module):
             body.get_submodule(name).register_forward_hook(self._tap(name))
         self._cache: dict[str, tuple] = {}
 
+    def _route(self, grad: torch.Tensor) -> torch.Tensor:
+        """The cascaded score update (``masks.route_to_teacher``) on the shared filters' scores."""
+        if not self.route_scores:
+            return grad
+        return torch.where(self._own_grad, grad, route_to_teacher(grad))
+
     @property
     def hint_names(self) -> list[str]:
         return [name for name, _ in self.hint_points]
@@ -299,7 +312,7 @@ class CascadeNet(nn.Module):
     def _tap(self, name: str):
         def hook(_m, _i, out):
             if self._features is not None:
-                self._features[name] = out
+                self._features[name] = out.clone()  # a later in-place op must not change the hint's input
         return hook
 
     def _layout(self) -> _Layout:
@@ -317,12 +330,14 @@ class CascadeNet(nn.Module):
 
     def step_masks(self) -> torch.Tensor:
         """(N, F) 0/1: each member's global threshold (the per-step masks; tensor work on the scores' device,
-        no host synchronisation). Cached until the scores change."""
+        no host synchronisation), cached until the scores change: what training and evaluation use, and what
+        a member exports as trained (``export(i, fill=False)``)."""
         return self._cached("step", self._threshold)
 
     def final_masks(self) -> torch.Tensor:
         """(N, F) 0/1: the threshold masks, each filled with the best filters that still fit the budget (once
-        per score update, on the host): what export, statistics and evaluation use."""
+        per score update, on the host): what a budget-exact export (the student, fine-tuned next: it trains
+        the filters the fill adds) and the budget statistics use."""
         def compute():
             step = self.step_masks()
             if self.budget == "filters":
@@ -332,10 +347,10 @@ class CascadeNet(nn.Module):
         return self._cached("final", compute)
 
     def hard_masks(self) -> torch.Tensor:
-        """The masks a forward pass uses: in training the threshold, computed afresh (the scores change every
-        step; no cache, so a compiled step holds no Python state), in evaluation the final masks, computed once
-        per score update and reused by every evaluation batch."""
-        return self._threshold() if self.training else self.final_masks()
+        """The masks a forward pass uses: the threshold, in training computed afresh (the scores change every
+        step; no cache, so a compiled step holds no Python state), in evaluation cached once per score update
+        and reused by every evaluation batch. The same masks in both: a member is evaluated as it trains."""
+        return self._threshold() if self.training else self.step_masks()
 
     def _cached(self, key: str, compute):
         version = (self.scores._version, self.scores.data_ptr(), self.scores.device)
@@ -377,15 +392,19 @@ class CascadeNet(nn.Module):
         return logits, [[p[i] for p in per_point] for i in range(self.n)]
 
     # ------------------------------------------------------------------ export
-    def decisions(self, i: int) -> dict[str, list[int]]:
+    def masks(self, fill: bool) -> torch.Tensor:
+        """(N, F): the budget-filled masks (``final_masks``) or the trained ones (``step_masks``)."""
+        return self.final_masks() if fill else self.step_masks()
+
+    def decisions(self, i: int, fill: bool = True) -> dict[str, list[int]]:
         """Member i's pruning decisions: for each group's root conv, the output channels it keeps."""
-        masks = self.group_masks(self.final_masks().cpu())
+        masks = self.group_masks(self.masks(fill).cpu())
         return {g.root: torch.nonzero(masks[gi][i]).flatten().tolist() for gi, g in enumerate(self.groups)}
 
-    def kept_positions(self, i: int, bn: str) -> torch.Tensor:
-        """The channel positions of BatchNorm ``bn`` that member i keeps (final masks)."""
+    def kept_positions(self, i: int, bn: str, fill: bool = True) -> torch.Tensor:
+        """The channel positions of BatchNorm ``bn`` that member i keeps."""
         k = [name for _, name in self._bns].index(bn)
-        return torch.nonzero(self._bn_masks(self.final_masks())[k][i]).flatten()
+        return torch.nonzero(self._bn_masks(self.masks(fill))[k][i]).flatten()
 
     def member_parameters(self) -> list[nn.Parameter]:
         """The members' own parameters (stems, BatchNorms, heads; not the scores), each laid out member-major:
@@ -405,13 +424,15 @@ class CascadeNet(nn.Module):
             plain.get_submodule(name)._forward_hooks.clear()
         return plain
 
-    def export(self, i: int = 0) -> nn.Module:
+    def export(self, i: int = 0, fill: bool = True) -> nn.Module:
         """Member i as a plain, physically smaller ``nn.Module`` (Torch-Pruning removes the filters,
-        their BN channels and the next layers' input channels). Eval outputs equal the masked member's."""
-        return remove_channels(self.plain_member(i), self.groups, self.decisions(i))
+        their BN channels and the next layers' input channels). ``fill``: with the filters that still fit the
+        budget (exact FLOPs, for a model fine-tuned next); else as trained, its eval outputs equal to the masked
+        member's."""
+        return remove_channels(self.plain_member(i), self.groups, self.decisions(i, fill))
 
     def member_cost(self, i: int, masks: torch.Tensor | None = None) -> tuple[int, int]:
-        """Member i's exact (FLOPs, params) once exported (final masks unless given)."""
+        """Member i's exact (FLOPs, params) once exported (the filled masks unless given)."""
         masks = self.final_masks() if masks is None else masks
         flops, params = self.cost_model.cost(self.counts(masks[i]))
         return int(flops), int(params)

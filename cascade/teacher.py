@@ -29,7 +29,8 @@ def teacher_key(cfg: PruneConfig) -> str:
     """Hash of everything that determines the teacher: model, data and teacher sections, and the seed."""
     d = cfg.data
     ident = {"model": vars(cfg.model), "teacher": vars(cfg.teacher), "seed": cfg.seed,
-             "data": {k: getattr(d, k) for k in ("name", "root", "image_size", "train_subset", "val_fraction")}}
+             "data": {k: getattr(d, k) for k in ("name", "root", "image_size", "train_subset", "val_fraction",
+                                                 "split_seed")}}
     if d.root:
         ident["data"]["root"] = str(Path(d.root).expanduser().resolve())
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
@@ -60,13 +61,17 @@ def get_teacher(cfg: PruneConfig, data: DataBundle, device: torch.device, log: C
             torch.manual_seed(cfg.seed)  # the initial weights too: torch's own startup seed is random
             model = create_model(cfg.model.name, num_classes=data.num_classes, width=cfg.model.width,
                                  pretrained=cfg.model.pretrained)
-            model = train_teacher(model, cfg, data, device, log)
+            # per-epoch checkpoints on local disk (a cache URI may be an object store), removed once cached
+            partial = Path(cfg.cache_dir or default_cache_dir()) / "teachers" / f"{teacher_key(cfg)}.partial.pt"
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            model = train_teacher(model, cfg, data, device, log, checkpoint=partial)
             acc = float(evaluate(prepare(model, device).eval(), data.test, device))
             buf = io.BytesIO()
             torch.save(model.cpu(), buf)
             _write(f"{where}/teacher.pt", buf.getvalue())
             _write(f"{where}/config.json", json.dumps({"key": teacher_key(cfg), "test_accuracy": acc,
                                                        "trained_by_pid": os.getpid()}, indent=2).encode())
+            partial.unlink(missing_ok=True)
     model = prepare(model, device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -149,9 +154,11 @@ def _load(cfg: PruneConfig, data: DataBundle) -> nn.Module:
 
 
 def train_teacher(model: nn.Module, cfg: PruneConfig, data: DataBundle, device: torch.device,
-                  log: Callable[[str], None] = print) -> nn.Module:
-    """Plain supervised training (SGD + Nesterov, one cosine cycle) for ``cfg.teacher.epochs``."""
+                  log: Callable[[str], None] = print, checkpoint: Path | None = None) -> nn.Module:
+    """Plain supervised training (SGD + Nesterov, one cosine cycle) for ``cfg.teacher.epochs``; with
+    ``checkpoint``, resumable per epoch."""
     t = cfg.teacher
-    return fit(model, data, device, loss_fn=lambda m, x, y: F.cross_entropy(main_output(m(x)).float(), y), epochs=t.epochs,
-               lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, restart_epochs=max(1, t.epochs), restart_decay=1.0,
-               batch_size=cfg.data.batch_size, seed=cfg.seed, log=log, name="teacher")
+    return fit(model, data, device, loss_fn=lambda m, x, y: F.cross_entropy(main_output(m(x)).float(), y),
+               epochs=t.epochs, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, restart_epochs=max(1, t.epochs),
+               restart_decay=1.0, batch_size=cfg.data.batch_size, seed=cfg.seed, log=log, name="teacher",
+               checkpoint=checkpoint)

@@ -141,7 +141,7 @@ def _ray(address: str | None, verbose: bool) -> Iterator[None]:
 
 def _data_digest(cfg: SearchConfig) -> str:
     d = cfg.data
-    ident = [d.name, d.root, d.image_size, d.train_subset, d.test_subset, d.val_fraction, cfg.seed]
+    ident = [d.name, d.root, d.image_size, d.train_subset, d.test_subset, d.val_fraction, d.split_seed, cfg.seed]
     return hashlib.sha1(json.dumps(ident, default=str).encode()).hexdigest()[:12]
 
 

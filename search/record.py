@@ -17,10 +17,12 @@ FINAL_KEYS = ("val_accuracy", "test_accuracy", "flops", "params", "flops_reducti
 
 
 def run_name(config: dict[str, Any]) -> str:
-    """``t07-2TA-k0.62``: the Optuna trial's number, its TA count and the student's ratio (a trial's sampled
-    ``config``), readable in MLflow's UI."""
+    """``t07-2TA-k0.62`` (``t08-l1-k0.62`` for a peer): the Optuna trial's number, its TA count (or its
+    one-shot method) and the student's ratio (a trial's sampled ``config``), readable in MLflow's UI."""
     logged = config["logged"]
-    return f"t{config.get('number', 0):02d}-{logged['num_tas']}TA-k{float(logged['student_ratio']):.2f}"
+    method = logged.get("method", "cascade")
+    kind = f"{logged['num_tas']}TA" if method == "cascade" else method
+    return f"t{config.get('number', 0):02d}-{kind}-k{float(logged['student_ratio']):.2f}"
 
 
 @dataclass
@@ -31,7 +33,7 @@ class TrialRecord:
     config: dict[str, Any] = field(default_factory=dict)     # sampled and derived hyperparameters
     overrides: dict[str, Any] = field(default_factory=dict)  # the trial's prune-config paths
     epochs: int = 0                         # epochs run over both phases
-    phase: str = ""                         # joint | finetune (while running)
+    phase: str = ""                         # joint (a peer: distill) | finetune (while running)
     val_accuracy: float | None = None       # exported student, validation split: what selection uses
     test_accuracy: float | None = None      # exported student, test split: reported, never selected on
     flops: float | None = None
@@ -68,7 +70,7 @@ class TrialRecord:
                   "running" if running else "stopped")
         rec = cls(trial_id=trial_id, status=status, name=run_name(c) if "logged" in c else "", config=c.get("logged", {}),
                   overrides=c.get("overrides", {}), epochs=int(m.get("epoch_total", 0)),
-                  phase="finetune" if m.get("finetune") else "joint" if m else "",
+                  phase=m.get("phase", "finetune" if m.get("finetune") else "joint") if m else "",
                   mlflow_run_id=m.get("mlflow_run_id"), model_uri=m.get("model_uri"), path=path)
         if status == "finished":
             for k in FINAL_KEYS:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spaces import ALIASES, LADDER_KEYS, Param, Space, member_ratios
+from spaces import ALIASES, LADDER_KEYS, Param, Space, cascade_only, member_ratios
 
 __all__ = ["SAMPLERS", "make_sampler", "sample_space", "suggest"]
 
@@ -41,11 +41,14 @@ def suggest(param: Param, trial, name: str | None = None) -> Any:
 def sample_space(trial, space: Space) -> tuple[dict[str, Any], dict[str, Any]]:
     """Define-by-run sampling. Returns (prune-config overrides by dotted path, params to log).
 
-    The logged params hold what was sampled plus what it implies: the TA count and every member's ratio.
+    The logged params hold what was sampled plus what it implies: the method, the TA count and every member's
+    ratio. A one-shot peer (``method`` other than cascade) draws no TA ladder and no cascade-only parameter.
     """
     overrides: dict[str, Any] = {}
     logged: dict[str, Any] = {}
-    num_tas = int(suggest(space.get("num_tas", 0), trial))
+    method = suggest(space.get("method", "cascade"), trial)
+    peer = method != "cascade"
+    num_tas = 0 if peer else int(suggest(space.get("num_tas", 0), trial))
     student = float(suggest(space.get("student_ratio", 0.5), trial))
     placement, free = "paper", None
     if num_tas >= 2:  # with 0 or 1 TA every placement gives the same ladder
@@ -54,11 +57,11 @@ def sample_space(trial, space: Space) -> tuple[dict[str, Any], dict[str, Any]]:
             frac = space.params.get("free_fraction", Param("free_fraction", "float", low=0.2, high=0.9))
             free = [float(suggest(frac, trial, f"free_fraction_{j}_of_{num_tas}")) for j in range(1, num_tas)]
     ratios = member_ratios(student, num_tas, placement, free)
-    overrides["cascade.ratios"] = ratios
-    logged.update(num_tas=num_tas, student_ratio=student, placement=placement)
+    overrides.update({"method": method, "cascade.ratios": ratios})
+    logged.update(method=method, num_tas=num_tas, student_ratio=student, placement=placement)
     logged.update({f"ratio_m{i}": r for i, r in enumerate(ratios)})
     for name, p in space.params.items():
-        if name in LADDER_KEYS:
+        if name in LADDER_KEYS or (peer and cascade_only(name)):
             continue
         value = suggest(p, trial)
         overrides[ALIASES.get(name, name)] = value

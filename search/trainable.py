@@ -95,7 +95,8 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
             step = m["epoch"] + (cfg.schedule.joint_epochs if finetune else 0)
             run.log_metrics(m, step=step)
             # the masked (joint) or exported (fine-tune) student's validation accuracy: what ASHA compares
-            report = {**numeric(m), "val_accuracy": m["val_acc/m0"], "epoch_total": step, "finetune": int(finetune),
+            report = {**numeric(m), "phase": m["phase"], "val_accuracy": m["val_acc/m0"], "epoch_total": step,
+                      "finetune": int(finetune),
                       "mlflow_run_id": run.run_id, **({"flops": budget_flops} if budget_flops else {})}
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(work / CHECKPOINT, Path(tmp) / CHECKPOINT)

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from .ratios import PLACEMENTS, member_ratios
-from .space import ALIASES, LADDER_KEYS, SPEC_KEYS, Param, Space, parse_space
+from .space import ALIASES, LADDER_KEYS, SPEC_KEYS, Param, Space, cascade_only, parse_space
 
 SPACES_DIR = Path(__file__).resolve().parent
 
-__all__ = ["ALIASES", "LADDER_KEYS", "PLACEMENTS", "Param", "SPACES_DIR", "SPEC_KEYS", "Space", "member_ratios",
-           "parse_space"]
+__all__ = ["ALIASES", "LADDER_KEYS", "PLACEMENTS", "Param", "SPACES_DIR", "SPEC_KEYS", "Space", "cascade_only",
+           "member_ratios", "parse_space"]

@@ -10,6 +10,9 @@ A space maps a name to a value spec::
     lambda_h: {choices: [0.0, 0.001]}
     optim.weight_decay: 5.0e-4                   # any prune-config path, fixed or searched
 
+``method`` (cascade | l1 | group_norm | taylor: the cascade or a one-shot peer) picks the pruning method; a peer
+has no TAs, so ``num_tas``, ``placement``, ``free_fraction`` and the cascade-only parameters (``CASCADE_ONLY``:
+the scores' optimisation, the members' weighting) exist only in the cascade's branch.
 ``num_tas``, ``student_ratio``, ``placement`` and ``free_fraction`` become ``cascade.ratios``; ``tau``,
 ``lambda_kd``, ``lambda_h``, ``lr`` and ``score_lr`` are short for their prune-config paths. Conditional
 parameters get distinct names per branch (``placement`` exists only with 2+ TAs; ``free_fraction_2_of_3``
@@ -20,15 +23,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cascade.config import ConfigError, as_number
+from cascade.config import METHODS, ConfigError, as_number
 
 from .ratios import PLACEMENTS
 
-__all__ = ["Param", "Space", "parse_space", "ALIASES", "LADDER_KEYS", "SPEC_KEYS"]
+__all__ = ["Param", "Space", "parse_space", "ALIASES", "LADDER_KEYS", "SPEC_KEYS", "cascade_only"]
 
 ALIASES = {"tau": "loss.tau", "lambda_kd": "loss.lambda_kd", "lambda_h": "loss.lambda_h", "lr": "optim.lr",
            "score_lr": "optim.score_lr"}
-LADDER_KEYS = ("num_tas", "student_ratio", "placement", "free_fraction")
+LADDER_KEYS = ("method", "num_tas", "student_ratio", "placement", "free_fraction")
+# prune-config paths that only the cascade reads (a one-shot peer has no scores to train and one member)
+CASCADE_ONLY = ("optim.score_", "cascade.score_init", "cascade.route_scores", "loss.student_weight",
+                "loss.own_grads")
+
+
+def cascade_only(name: str) -> bool:
+    """Whether the space parameter ``name`` (an alias or a prune-config path) exists only for the cascade."""
+    return ALIASES.get(name, name).startswith(CASCADE_ONLY)
 SPEC_KEYS = ("low", "high", "log", "step", "type", "choices")
 
 
@@ -115,6 +126,9 @@ def parse_space(data: Any, path: str = "space") -> Space:
         if key not in LADDER_KEYS and key not in ALIASES and "." not in key:
             raise ConfigError(f"{path}.{key}", f"unknown parameter (expected {', '.join(LADDER_KEYS + tuple(ALIASES))}"
                                               f" or a prune-config path such as optim.weight_decay)")
+    for v in space.get("method", "cascade").bounds():
+        if v not in METHODS:
+            raise ConfigError(f"{path}.method", f"unknown method {v!r} (expected {', '.join(METHODS)})")
     for v in space.get("num_tas", 0).bounds():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{path}.num_tas", f"expected integers >= 0, got {v!r}")

@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from cascade.data import DataError, augment, load_data
+from cascade.data import DataError, augment, load_data, split_indices
 
 
 def test_digits_offline_as_32x32_rgb():
@@ -15,9 +17,11 @@ def test_digits_offline_as_32x32_rgb():
 
 
 def test_subsets_and_seeded_shuffles():
-    a = load_data(name="digits", train_subset=300, test_subset=100, val_fraction=0.2, seed=1)
-    b = load_data(name="digits", train_subset=300, test_subset=100, val_fraction=0.2, seed=1)
-    assert len(a.train) == 240 and len(a.val) == 60 and len(a.test) == 100
+    a = load_data(name="digits", train_subset=240, test_subset=100, val_fraction=0.2, seed=1)
+    b = load_data(name="digits", train_subset=240, test_subset=100, val_fraction=0.2, seed=1)
+    full = load_data(name="digits", val_fraction=0.2, seed=1)
+    assert len(a.train) == 240 and len(a.val) == len(full.val) and len(a.test) == 100
+    assert torch.equal(a.val.y, full.val.y)  # a training subset leaves the validation split as it was
     assert torch.equal(a.train.y, b.train.y)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     cpu = torch.device("cpu")
@@ -74,3 +78,21 @@ def test_large_imagefolder_validation_is_held_out_training_files(tmp_path):
     assert sorted(d.train.indices + d.val.indices) == list(range(20))
     x, _ = next(d.val.batches(8, torch.device("cpu"), train=False))
     assert x.shape == (5, 3, 72, 72)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "teachers" / "cifar10-val-files.txt").exists(), reason="no shared teacher here")
+def test_the_split_is_the_shared_teachers_validation_list():
+    """The shared converged teacher never trained on its validation files: the split the students get
+    (val_fraction 0.2, split seed 0, any train_subset) holds out exactly those files."""
+    import tarfile
+
+    with tarfile.open(SHARED / "cifar10-jpg.tar.xz") as tar:
+        files = sorted(m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile() and "/train/" in m.name)
+    files.sort(key=lambda f: (f.split("/")[1], f))  # ImageFolder's order: sorted classes, sorted files
+    val_idx, tr_idx = split_indices(len(files), 0.2, seed=0, train_subset=10_000)
+    listed = set((SHARED / "teachers" / "cifar10-val-files.txt").read_text().split())
+    assert {files[i] for i in val_idx.tolist()} == listed
+    assert not listed & {files[i] for i in tr_idx.tolist()} and len(tr_idx) == 10_000

@@ -89,11 +89,49 @@ def test_score_gradient_comes_from_the_teacher_member():
         return net.scores.grad.clone()
 
     o, r = grads(False), grads(True)
-    assert torch.equal(r[0], o[1]) and torch.equal(r[1], o[2])  # member i gets member i+1's gradient
+    stem = net._own_grad  # the pruned stem: each member's own conv, so its own gradient
+    assert stem.sum() == net.groups[[g.root for g in net.groups].index(net.stem_name)].size > 0
+    shared = ~stem
+    assert torch.equal(r[0][shared], o[1][shared]) and torch.equal(r[1][shared], o[2][shared])  # member i+1's
+    assert torch.equal(r[:, stem], o[:, stem])                                           # stems: their own
     assert torch.equal(r[2], o[2])                                # the top member keeps its own
     assert not torch.equal(o[0], o[1])                            # the routing is not a no-op
     g = torch.arange(6.0).view(3, 2)
     assert route_to_teacher(g).tolist() == [[2, 3], [4, 5], [4, 5]]
+
+
+def test_a_two_member_ladder_gives_the_student_the_unpruned_members_scores():
+    """[k0, 0]: the student's shared scores start where the unpruned member's do and receive its gradient, so they
+    stay equal (METHOD.md's practical notes: the student's mask is the full network's ranking); its stem scores,
+    of its own unshared stem, follow its own gradient and part from the TA's."""
+    net = _trained_net("vgg16_cifar", [0.7, 0.0], steps=3)
+    shared = ~net._own_grad
+    assert torch.equal(net.scores[0][shared], net.scores[1][shared])
+    assert not torch.equal(net.scores[0][net._own_grad], net.scores[1][net._own_grad])
+    three = _trained_net("vgg16_cifar", [0.7, 0.35, 0.0], steps=3)  # an intermediate TA: a signal of its own
+    assert not torch.equal(three.scores[0][~three._own_grad], three.scores[1][~three._own_grad])
+
+
+@pytest.mark.parametrize("name", ["vgg16_cifar", "resnet56_cifar"])
+def test_a_member_is_evaluated_with_the_masks_it_trains_with(name):
+    """Eval uses the threshold masks training uses (cached); the fill that tops a member up to its exact budget
+    is applied only where a member is exported to be fine-tuned (the student): its eval outputs are those of
+    ``export(i, fill=False)``."""
+    torch.manual_seed(0)
+    net = CascadeNet(create_model(name, num_classes=10, width=0.25), [0.73, 0.4, 0.0], torch.zeros(2, 3, 32, 32))
+    train_steps(net, 2)
+    net.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        masked = net(x)
+        for i in range(net.n):
+            assert (net.export(i, fill=False).eval()(x) - masked[i]).abs().max() < 1e-4
+    assert torch.equal(net.hard_masks(), net.step_masks())
+    added = (net.final_masks() - net.step_masks())
+    assert (added >= 0).all()  # the fill only adds filters
+    for i in range(net.n - 1):
+        trained, filled = (count_flops(net.export(i, fill=f), (3, 32, 32))[0] for f in (False, True))
+        assert trained <= filled <= net.targets[i]
 
 
 def test_masked_filters_still_receive_gradient():

@@ -41,7 +41,28 @@ def test_conditional_parameters_get_distinct_names_per_branch():
     assert {"free_fraction_1_of_2", "free_fraction_2_of_3"} <= names
 
 
+def test_a_peer_branch_draws_no_ladder_and_no_cascade_only_parameter():
+    space = parse_space({"method": {"choices": ["cascade", "l1", "taylor"]}, "num_tas": {"low": 1, "high": 3},
+                         "student_ratio": {"low": 0.3, "high": 0.8}, "score_lr": {"low": 1e-3, "high": 1e-2},
+                         "optim.score_optimizer": {"choices": ["rmsprop", "adam"]}, "tau": {"low": 2.0, "high": 8.0}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        overrides, logged = sample_space(trial, space)
+        method = overrides["method"]
+        seen.add(method)
+        cascade = method == "cascade"
+        assert ({"num_tas", "score_lr", "optim.score_optimizer"} <= set(trial.params)) == cascade
+        assert not cascade or len(overrides["cascade.ratios"]) >= 2
+        assert cascade or (overrides["cascade.ratios"] == [logged["student_ratio"]] and "optim.score_lr" not in overrides)
+        assert "tau" in trial.params and logged["method"] == method
+        study.tell(trial, 0.0)
+    assert seen == {"cascade", "l1", "taylor"}
+
+
 @pytest.mark.parametrize("space,field", [
+    ({"method": {"choices": ["cascade", "hrank"]}}, "space.method"),
     ({"tau": {"low": 5.0, "high": 2.0}}, "space.tau"),
     ({"tau": {"low": 0.0, "high": 2.0, "log": True}}, "space.tau.low"),
     ({"tau": {"lo": 1.0, "high": 2.0}}, "space.tau.lo"),
