@@ -12,13 +12,15 @@ ENV PIP_NO_CACHE_DIR=1
 COPY --chown=1000:100 pyproject.toml README.md /home/ray/cascade/
 WORKDIR /home/ray/cascade
 RUN mkdir cascade spaces search \
- && touch cascade/__init__.py spaces/__init__.py search/__init__.py \
+ && touch cascade/__init__.py spaces/__init__.py search/__init__.py cascade_cli.py \
  && python3 -m pip install -e .
 
 # The source last: editing code rebuilds only these layers.
 COPY --chown=1000:100 cascade cascade
 COPY --chown=1000:100 spaces spaces
 COPY --chown=1000:100 search search
+COPY --chown=1000:100 cascade_cli.py cascade_cli.py
+COPY --chown=1000:100 configs configs
 COPY --chown=1000:100 deploy deploy
 
 ENV CASCADE_CACHE=/home/ray/.cache/cascade

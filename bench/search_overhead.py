@@ -1,7 +1,7 @@
 """Search overhead: wall time of K tiny trials through ``cascade search`` (Ray Tune + Optuna + MLflow) vs the
 same K trials run back-to-back in a plain Python loop.
 
-    python bench/search_overhead.py [--trials 4 --config spaces/smoke.yaml]
+    python bench/search_overhead.py [--trials 4 --config configs/smoke.yaml]
 
 The search runs first, one trial at a time with all CPUs (so nothing is gained from parallelism), with a
 random sampler (its samples do not depend on the order trials finish in); the plain loop then runs exactly
@@ -33,7 +33,7 @@ HERE = Path(__file__).parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(HERE.parent / "spaces" / "smoke.yaml"))
+    ap.add_argument("--config", default=str(HERE.parent / "configs" / "smoke.yaml"))
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--out", default=str(HERE / "search_overhead.json"))
     args = ap.parse_args()

@@ -1,12 +1,17 @@
-"""Cascaded channel pruning with hierarchical self-distillation, in pure PyTorch (+ Torch-Pruning)."""
-from .config import ConfigError, PruneConfig, load_prune_config
-from .data import DataError, load_data
-from .flops import count_flops
-from .members import CascadeNet
-from .models import create_model, list_models, register_model
-from .train import prune_epochs, run_prune
+"""Cascaded channel pruning with hierarchical self-distillation, in pure PyTorch (+ Torch-Pruning).
 
-__all__ = [
-    "CascadeNet", "ConfigError", "DataError", "PruneConfig", "count_flops", "create_model", "list_models",
-    "load_data", "load_prune_config", "prune_epochs", "register_model", "run_prune",
-]
+The names below load on first use, so the config and the command line (``--help``) start without torch."""
+from importlib import import_module
+
+_EXPORTS = {
+    "CascadeNet": ".members", "ConfigError": ".config", "DataError": ".data", "PruneConfig": ".config",
+    "count_flops": ".flops", "create_model": ".models", "list_models": ".models", "load_data": ".data",
+    "load_prune_config": ".config", "prune_epochs": ".train", "register_model": ".models", "run_prune": ".train",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

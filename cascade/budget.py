@@ -21,11 +21,11 @@ import math
 import torch
 import torch.nn as nn
 
+from .config import BUDGETS
 from .flops import trace_layers
 
 __all__ = ["BUDGETS", "CostModel", "group_counts", "rank_order", "threshold_masks", "fill", "rounded_counts"]
 
-BUDGETS = ("filters", "flops", "params")
 _KINDS = ("flops", "params")
 
 

@@ -6,18 +6,20 @@ bad data (``cascade.data.DataError``) and bad search spaces raise it too.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
 __all__ = ["ConfigError", "PruneConfig", "parse", "load_yaml", "apply_overrides", "split_override", "as_number",
-           "check", "to_dict", "validate_prune", "prune_config", "load_prune_config", "is_uri"]
+           "check", "to_dict", "validate_prune", "prune_config", "load_prune_config", "is_uri", "opt", "section",
+           "schema_rows", "schema_markdown", "schema_paths"]
 
 
 class ConfigError(ValueError):
@@ -45,12 +47,28 @@ def parse(cls: type, data: Any, path: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(path, f"expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in names:
-            raise ConfigError(_join(path, str(key)), f"unknown key (expected one of: {', '.join(sorted(names))})")
+        if key not in fields:
+            raise ConfigError(_join(path, str(key)), f"unknown key (expected one of: {', '.join(sorted(fields))})")
     kwargs = {k: _coerce(hints[k], v, _join(path, k)) for k, v in data.items()}
+    for k, v in kwargs.items():
+        _check_bounds(fields[k].metadata, v, _join(path, k))
     return cls(**kwargs)
+
+
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b), "le": ("<=", lambda v, b: v <= b),
+           "lt": ("<", lambda v, b: v < b)}
+
+
+def _check_bounds(meta: Any, value: Any, path: str) -> None:
+    """A number outside its field's bounds (``opt(..., gt=0)``): ConfigError naming them all."""
+    bounds = [(k, meta[k]) for k in _BOUNDS if k in meta]
+    if not bounds or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if not all(_BOUNDS[k][1](value, b) for k, b in bounds):
+        rule = " and ".join(f"{_BOUNDS[k][0]} {b:g}" for k, b in bounds)
+        raise ConfigError(path, f"expected {rule}, got {value:g}")
 
 
 def _join(path: str, key: str) -> str:
@@ -84,6 +102,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(path, f"expected a mapping, got {_show(value)}")
         return dict(value)
     if tp is Any:
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or isinstance(value, bool):
+            raise ConfigError(path, f"expected one of {', '.join(map(str, choices))}, got {value!r}")
         return value
     if tp is float:
         value = as_number(value)
@@ -169,100 +192,132 @@ def split_override(text: str) -> tuple[str, Any]:
 
 
 # ---------------------------------------------------------------- the prune config
+# Every choice is a Literal type (the parser refuses anything else, naming the choices) and every field carries
+# its one line of help, so `cascade prune --help`, `cascade config` and docs/config.md come from this schema.
+METHODS = ("cascade", "l1", "group_norm", "taylor")   # cascade.peers holds the one-shot ones
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+BUDGETS = ("filters", "flops", "params")
+SCORE_INITS = ("rank", "l1", "random")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-METHODS = ("cascade", "l1", "group_norm", "taylor")  # cascade.peers holds the one-shot ones
+
+
+def opt(default: Any, help: str, **bounds: float) -> Any:
+    """A config field: its default, its one line of help, and numeric bounds (``ge``, ``gt``, ``le``, ``lt``)
+    that the parser checks."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help, **bounds})
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+def section(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help})
+
 
 @dataclass
 class ModelConfig:
-    name: str = "vgg16_cifar"
-    width: float = 1.0           # channel multiplier of CIFAR-style models
-    pretrained: bool = False     # torchvision weights (torchvision:<name>, resnet50), from TORCH_HOME's cache
+    name: str = opt("vgg16_cifar", "registry name: vgg16_cifar, resnet56_cifar, resnet20_cifar, resnet50 or "
+                                   "torchvision:<name>")
+    width: float = opt(1.0, "channel multiplier of the CIFAR-style models (0.25: a small CPU model)", gt=0)
+    pretrained: bool = opt(False, "torchvision weights (torchvision:<name>, resnet50), from TORCH_HOME's cache")
 
 
 @dataclass
 class DataConfig:
-    name: str = "digits"         # digits | cifar10 | cifar100 | imagefolder
-    root: str | None = None
-    download: bool = False
-    image_size: int = 32         # <= 64: decoded once into tensors; larger: streamed (ImageNet)
-    train_subset: int | None = None
-    test_subset: int | None = None
-    val_fraction: float = 0.1    # of the training images, held out for member health, teacher swaps, selection
-    split_seed: int | None = None  # seeds the validation split (None: the run's seed): teachers of other seeds
-    #                                on one split
-    batch_size: int = 128
-    workers: int = 4
+    name: Literal[DATASETS] = opt("digits", "digits ships with scikit-learn (no download)")
+    root: str | None = opt(None, "the data set's folder (imagefolder: train/ and val/ or test/)")
+    download: bool = opt(False, "torchvision's download (cifar10, cifar100), where there is internet")
+    image_size: int = opt(32, "<= 64: decoded once into tensors and augmented on the device; larger: streamed",
+                          ge=8)
+    train_subset: int | None = opt(None, "train on this many of the training images (after the validation split)",
+                                   gt=0)
+    test_subset: int | None = opt(None, "evaluate on this many test images", gt=0)
+    val_fraction: float = opt(0.1, "training images held out for validation: member health, teacher swaps, "
+                                   "every selection", ge=0, lt=1)
+    split_seed: int | None = opt(None, "seeds the validation split (null: the run's seed), so teachers of other "
+                                       "seeds can share one split")
+    batch_size: int = opt(128, "training batch (the paper's 128)", gt=0)
+    workers: int = opt(4, "DataLoader workers of a streamed (ImageNet-size) data set", ge=0)
 
 
 @dataclass
 class TeacherConfig:
-    checkpoint: str | None = None  # a saved module (torch.save(model)) or a state_dict: a path or a URI (s3://...)
-    epochs: int = 30               # training epochs when no checkpoint is given (fine-tuning when pretrained)
-    lr: float = 0.05
-    weight_decay: float = 5e-4
+    checkpoint: str | None = opt(None, "your teacher: a saved module or a state_dict, a path or a URI (s3://...); "
+                                       "null: train one and cache it")
+    epochs: int = opt(30, "epochs when training the teacher (fine-tuning when pretrained)", ge=0)
+    lr: float = opt(0.05, "the teacher's SGD learning rate (one cosine cycle)", gt=0)
+    weight_decay: float = opt(5e-4, "the teacher's weight decay", ge=0)
 
 
 @dataclass
 class CascadeConfig:
-    # k_0 (student) > k_1 > ... > k_{N-1}. Default: the paper's ladder with one TA (k_0, 0), which beat 0 and 2 TAs
-    # at -83% FLOPs in BENCHMARKS.md's short runs; the paper's 3 TAs: k_0, k_0/1.5, k_0/2.5, 0
-    ratios: list[float] = field(default_factory=lambda: [0.6, 0.0])
-    budget: str = "flops"          # what a ratio removes: a fraction of the FLOPs, of the params, or of the filters
-    score_init: str = "rank"       # rank: filter L1 rank within its layer; l1: L1 norm / layer max; random
-    route_scores: bool = True      # the cascaded score update; false = each member's own gradient (ablation)
-    round_to: int = 1              # keep a multiple of this many channels per group (8: faster on most hardware)
-    prune_stem: bool = True        # each member's stem filters are pruned too; false: METHOD.md's whole stem
+    ratios: list[float] = opt([0.6, 0.0], "the fraction each member removes, student first, strictly decreasing; "
+                                          "a peer prunes to the first")
+    budget: Literal[BUDGETS] = opt("flops", "what a ratio removes a fraction of")
+    score_init: Literal[SCORE_INITS] = opt("rank", "rank: each filter's L1 rank in its layer (starts as uniform "
+                                                   "L1 pruning); l1: L1 / layer max; random")
+    route_scores: bool = opt(True, "each member's scores follow its teacher member's gradient (false: its own, "
+                                   "an ablation)")
+    round_to: int = opt(1, "keep a multiple of this many channels per layer (8: faster on most hardware)", ge=1)
+    prune_stem: bool = opt(True, "each member's stem filters are pruned too (false: the paper's whole stem)")
 
 
 @dataclass
 class LossConfig:
-    tau: float = 15.0
-    lambda_kd: float = 0.4
-    lambda_h: float = 0.001
-    hint_layers: int = 3           # hints at the outputs of the last n blocks
-    student_weight: float | None = None  # the student's share of the shared weights' gradient (None: 1/N, as
-    #                                      every member's); the TAs split the rest evenly
-    own_grads: str = "full"        # full: a member's BNs/stem/head get its whole loss gradient; shared: weighted
-    #                                like the shared weights' (the former behaviour, kept as an ablation)
+    tau: float = opt(15.0, "KD temperature (the paper's)", gt=0)
+    lambda_kd: float = opt(0.4, "weight of tau^2 * KL (the paper's)", ge=0)
+    lambda_h: float = opt(0.001, "weight of the hint (the paper's; summed squared distance, see docs/method.md)",
+                          ge=0)
+    hint_layers: int = opt(3, "hints at the outputs of the last n blocks", ge=0)
+    student_weight: float | None = opt(None, "the student's share of the shared weights' gradient (null: 1/N, as "
+                                             "every member's)", gt=0, lt=1)
+    own_grads: Literal["full", "shared"] = opt("full", "full: a member's BNs, stem and head get its whole loss's "
+                                                       "gradient; shared: weighted like the shared weights")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.008
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 4e-4
-    restart_epochs: int = 5        # cosine schedule with warm restarts (cycles fitted to each phase) ...
-    restart_decay: float = 0.8     # ... whose peak decays by this factor at each restart
-    lr_schedule: str = "phases"    # phases: each phase its own cycles, from the peak; run: one over both phases
-    score_lr: float | None = None  # RMSProp lr on the scores; None: SCORE_TRAVEL / joint steps (README)
-    score_optimizer: str = "rmsprop"  # rmsprop | sgd | adam
-    score_schedule: str = "constant"  # constant | cosine: the scores' lr anneals to 0 over the joint phase (the
-    #                                   masks settle before export; the default lr doubles, the same travel)
+    lr: float = opt(0.008, "SGD (Nesterov) learning rate (the paper's)", gt=0)
+    momentum: float = opt(0.9, "SGD momentum (the paper's)", ge=0, lt=1)
+    nesterov: bool = opt(True, "Nesterov momentum (the paper's)")
+    weight_decay: float = opt(4e-4, "weight decay (the paper's)", ge=0)
+    restart_epochs: int = opt(5, "cosine with warm restarts about every n epochs, cycles fitted to each phase "
+                                 "(the paper's 5)", ge=1)
+    restart_decay: float = opt(0.8, "each restart's peak lr, as a fraction of the one before", gt=0, le=1)
+    lr_schedule: Literal["phases", "run"] = opt("phases", "phases: each phase its own cycles, from the peak; "
+                                                          "run: one schedule over both phases")
+    score_lr: float | None = opt(None, "the scores' lr (null: 0.3 / joint steps, the same mask travel at any "
+                                       "length; the paper gives none)", ge=0)
+    score_optimizer: Literal["rmsprop", "sgd", "adam"] = opt("rmsprop", "the scores' optimizer (the paper's "
+                                                                        "RMSProp)")
+    score_schedule: Literal["constant", "cosine"] = opt("constant", "cosine: the scores' lr anneals to 0 over the "
+                                                                    "joint phase, from twice the default")
 
 
 @dataclass
 class ScheduleConfig:
-    joint_epochs: int = 80
-    finetune_epochs: int = 80
+    joint_epochs: int = opt(80, "epochs of the joint phase (a peer's first phase; the paper's 80)", ge=1)
+    finetune_epochs: int = opt(80, "epochs of the student's fine-tuning (the paper's 80)", ge=0)
 
 
 @dataclass
 class PruneConfig:
-    method: str = "cascade"        # cascade | l1 | group_norm | taylor (one-shot peers: cascade.peers)
-    seed: int = 0
-    device: str = "auto"           # auto | cpu | cuda | cuda:N
-    cache_dir: str | None = None   # teacher and decoded-data cache (default ~/.cache/cascade or $CASCADE_CACHE)
-    onnx: bool = False             # also write student.onnx
-    compile: bool = False          # torch.compile the training steps (opt-in: see the README)
-    compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    cascade: CascadeConfig = field(default_factory=CascadeConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    method: Literal[METHODS] = opt("cascade", "cascade, or a one-shot peer pruned by Torch-Pruning's importance "
+                                              "and trained by KD")
+    seed: int = opt(0, "seeds the weights' start, batch order and augmentation (and the split, unless "
+                       "data.split_seed)")
+    device: str = opt("auto", "auto (cuda when there is one), cpu, cuda or cuda:N")
+    cache_dir: str | None = opt(None, "decoded data and trained teachers (null: $CASCADE_CACHE or "
+                                      "~/.cache/cascade)")
+    onnx: bool = opt(False, "also write student.onnx")
+    compile: bool = opt(False, "torch.compile the training steps (on CUDA with compile_mode: reduce-overhead)")
+    compile_mode: Literal[COMPILE_MODES] = opt("default", "torch.compile's mode (reduce-overhead: CUDA graphs)")
+    model: ModelConfig = section(ModelConfig, "the network to prune")
+    data: DataConfig = section(DataConfig, "the data set and its split")
+    teacher: TeacherConfig = section(TeacherConfig, "the frozen pretrained model")
+    cascade: CascadeConfig = section(CascadeConfig, "the members and their masks")
+    loss: LossConfig = section(LossConfig, "CE + lambda_KD tau^2 KL + lambda_H hint, per member")
+    optim: OptimConfig = section(OptimConfig, "the weights' and the scores' optimisation")
+    schedule: ScheduleConfig = section(ScheduleConfig, "the two phases' lengths")
 
 
 def check(cond: bool, field_: str, message: str) -> None:
@@ -272,7 +327,8 @@ def check(cond: bool, field_: str, message: str) -> None:
 
 
 def validate_prune(cfg: PruneConfig) -> PruneConfig:
-    """Range and existence checks that types alone cannot express; raises ConfigError naming the field."""
+    """What types and bounds cannot say (the parser checked those): the ladder, the model, paths that must
+    exist, the device; raises ConfigError naming the field."""
     from .members import validate_cascade
     from .models import list_models
 
@@ -283,56 +339,18 @@ def validate_prune(cfg: PruneConfig) -> PruneConfig:
         raise ConfigError("cascade." + str(e).split(":", 1)[0], str(e).split(":", 1)[1].strip()) from None
     m = cfg.model.name
     check(m in list_models() or (m.startswith("torchvision:") and _torchvision_known(m.split(":", 1)[1])),
-           "model.name", f"unknown model {m!r} (known: {', '.join(list_models())})")
-    check(cfg.model.width > 0, "model.width", f"expected > 0, got {cfg.model.width}")
+          "model.name", f"unknown model {m!r} (known: {', '.join(list_models())})")
     d = cfg.data
-    check(d.name in ("digits", "cifar10", "cifar100", "imagefolder"), "data.name",
-           f"unknown data set {d.name!r} (expected digits, cifar10, cifar100 or imagefolder)")
     if d.name == "imagefolder":
         check(d.root is not None, "data.root", "imagefolder needs a root folder holding train/ and val/ or test/")
     if d.root is not None and d.name != "digits":
         check(Path(d.root).expanduser().exists() or (d.name != "imagefolder" and d.download), "data.root",
-               f"no such directory {d.root!r}")
-    check(d.image_size >= 8, "data.image_size", f"expected >= 8, got {d.image_size}")
-    for name in ("train_subset", "test_subset"):
-        v = getattr(d, name)
-        check(v is None or v > 0, f"data.{name}", f"expected a positive integer or null, got {v}")
-    check(0 <= d.val_fraction < 1, "data.val_fraction", f"expected a number in [0, 1), got {d.val_fraction}")
-    check(d.batch_size > 0, "data.batch_size", f"expected > 0, got {d.batch_size}")
-    check(d.workers >= 0, "data.workers", f"expected >= 0, got {d.workers}")
+              f"no such directory {d.root!r}")
     t = cfg.teacher
     if t.checkpoint is not None and not is_uri(t.checkpoint):
         check(Path(t.checkpoint).expanduser().is_file(), "teacher.checkpoint", f"no such file {t.checkpoint!r}")
-    check(t.epochs >= 0, "teacher.epochs", f"expected >= 0, got {t.epochs}")
-    check(t.lr > 0, "teacher.lr", f"expected > 0, got {t.lr}")
-    lo = cfg.loss
-    check(lo.tau > 0, "loss.tau", f"expected > 0, got {lo.tau}")
-    check(lo.lambda_kd >= 0, "loss.lambda_kd", f"expected >= 0, got {lo.lambda_kd}")
-    check(lo.lambda_h >= 0, "loss.lambda_h", f"expected >= 0, got {lo.lambda_h}")
-    check(lo.hint_layers >= 0, "loss.hint_layers", f"expected >= 0, got {lo.hint_layers}")
-    check(lo.student_weight is None or 0 < lo.student_weight < 1, "loss.student_weight",
-          f"expected a number in (0, 1) or null, got {lo.student_weight}")
-    check(lo.own_grads in ("full", "shared"), "loss.own_grads", f"expected 'full' or 'shared', got {lo.own_grads!r}")
-    o = cfg.optim
-    check(o.lr > 0, "optim.lr", f"expected > 0, got {o.lr}")
-    check(o.score_lr is None or o.score_lr >= 0, "optim.score_lr", f"expected >= 0 or null, got {o.score_lr}")
-    check(0 <= o.momentum < 1, "optim.momentum", f"expected a number in [0, 1), got {o.momentum}")
-    check(o.weight_decay >= 0, "optim.weight_decay", f"expected >= 0, got {o.weight_decay}")
-    check(o.restart_epochs >= 1, "optim.restart_epochs", f"expected >= 1, got {o.restart_epochs}")
-    check(0 < o.restart_decay <= 1, "optim.restart_decay", f"expected a number in (0, 1], got {o.restart_decay}")
-    check(o.lr_schedule in ("phases", "run"), "optim.lr_schedule", f"expected phases or run, got {o.lr_schedule!r}")
-    check(o.score_optimizer in ("rmsprop", "sgd", "adam"), "optim.score_optimizer",
-           f"expected rmsprop, sgd or adam, got {o.score_optimizer!r}")
-    check(o.score_schedule in ("constant", "cosine"), "optim.score_schedule",
-          f"expected constant or cosine, got {o.score_schedule!r}")
-    s = cfg.schedule
-    check(s.joint_epochs >= 1, "schedule.joint_epochs", f"expected >= 1, got {s.joint_epochs}")
-    check(s.finetune_epochs >= 0, "schedule.finetune_epochs", f"expected >= 0, got {s.finetune_epochs}")
-    check(cfg.method in METHODS, "method", f"expected one of {', '.join(METHODS)}, got {cfg.method!r}")
-    check(cfg.compile_mode in COMPILE_MODES, "compile_mode",
-          f"expected one of {', '.join(COMPILE_MODES)}, got {cfg.compile_mode!r}")
-    check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
-           f"expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    check(cfg.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None, "device",
+          f"expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     return cfg
 
 
@@ -350,3 +368,52 @@ def prune_config(data: dict, overrides: list[str] | dict[str, Any] | None = None
 def load_prune_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> PruneConfig:
     """Defaults <- YAML file <- overrides."""
     return prune_config(load_yaml(path) if path else {}, overrides)
+
+
+# ---------------------------------------------------------------- the schema, for people
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " | null"
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def schema_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) of every leaf field of a config dataclass, sections in order."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, path = hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            rows += schema_rows(tp, f"{path}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((path, _type_name(tp), yaml.safe_dump(default, default_flow_style=True).strip()
+                     .removesuffix("...").strip(), f.metadata.get("help", "")))
+    return rows
+
+
+def schema_paths(cls: type) -> set[str]:
+    """Every leaf key of a config dataclass, dotted (``optim.lr``)."""
+    return {row[0] for row in schema_rows(cls)}
+
+
+def schema_markdown(cls: type, prefix: str = "", skip: str | None = None) -> str:
+    """The config reference as a markdown table per section, the top-level keys first (docs/config.md);
+    ``skip``: a section left out."""
+    sections: dict[str, list[str]] = {}
+    for path, tp, default, help_ in schema_rows(cls, prefix):
+        rest = path[len(prefix):]
+        if skip and rest.startswith(f"{skip}."):
+            continue
+        sec = prefix + rest.rsplit(".", 1)[0] if "." in rest else ""
+        sections.setdefault(sec, []).append(f"| `{path}` | {tp.replace('|', '&#124;')} | `{default}` | {help_} |")
+    out = []
+    for sec in sorted(sections, key=lambda k: k != ""):  # stable: the top level first, then schema order
+        out += ["", f"### `{sec}`" if sec else "### top level", "", "| key | type | default | |",
+                "|---|---|---|---|", *sections[sec]]
+    return "\n".join(out).strip() + "\n"

@@ -17,15 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .budget import BUDGETS, CostModel, _Layout, fill, group_counts, threshold_masks
+from .budget import CostModel, _Layout, fill, group_counts, threshold_masks
+from .config import BUDGETS, SCORE_INITS
 from .flops import trace_layers
 from .groups import BN_TYPES, PruneGroup, check_has_batchnorm, find_groups, remove_channels
 from .masks import keep_count, route_to_teacher, straight_through
 
 __all__ = ["CascadeNet", "MemberBN", "MemberStem", "MemberHead", "validate_cascade", "SCORE_INITS", "apply_decisions",
            "main_output"]
-
-SCORE_INITS = ("rank", "l1", "random")
 
 
 def main_output(out):

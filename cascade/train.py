@@ -8,11 +8,12 @@ again on the same ``out_dir``, resumes from the last checkpoint. Every phase tra
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator
 
@@ -21,12 +22,13 @@ import torch.nn as nn
 
 from .config import PruneConfig, to_dict
 from .data import DataBundle, default_cache_dir, load_data
-from .engine import (Step, autocast, evaluate, load_checkpoint, prepare, resolve_device, restarts, save_atomic, sgd,
+from .engine import (Step, autocast, evaluate, format_seconds, load_checkpoint, prepare, resolve_device, restarts,
+                     save_atomic, sgd,
                      train_epoch)
 from .flops import count_flops
 from .losses import HintPlan, cascade_loss, member_loss, member_weights
-from .members import CascadeNet, main_output
 from .masks import GradientMoments, jaccard, spearman
+from .members import CascadeNet, main_output
 from .peers import TAYLOR_BATCHES, peer_scores, prunable_copy, taylor_gradients
 from .teacher import get_teacher
 
@@ -50,7 +52,8 @@ def load_prune_data(cfg: PruneConfig) -> DataBundle:
 
 def run_prune(cfg: PruneConfig, out_dir: str | Path, *, log: Callable[[str], None] = print,
               on_epoch: Callable[[dict], None] | None = None, **kw) -> dict:
-    """Run ``prune_epochs`` to the end, printing one line per epoch; returns the result dict."""
+    """Run ``prune_epochs`` to the end, printing its plan and one line per epoch (with an ETA); returns the
+    result dict. ``cascade prune`` and the search's trials both run through here."""
     gen = prune_epochs(cfg, out_dir, log=log, **kw)
     while True:
         try:
@@ -63,10 +66,12 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, *, log: Callable[[str], Non
 
 
 def format_epoch(m: dict) -> str:
-    accs = " ".join(f"{m[k]:.2f}" for k in sorted(m) if k.startswith("val_acc/m"))
-    extra = f"  teacher {m['teacher']}" if "teacher" in m else ""
-    return (f"[{m['phase']} {m['epoch']}/{m['epochs']}] loss {m['loss']:.4f}  val acc {accs}%{extra}"
-            f"  ({m['epoch_time']:.1f}s)")
+    """``[joint 3/80] loss 1.2345  m0 61.20%  m1 70.05%  (41.2s, ETA 1h02m)``."""
+    accs = "  ".join(f"{k.split('/')[1]} {m[k]:.2f}%" for k in sorted(m) if k.startswith("val_acc/m"))
+    teacher = f"  teacher {m['teacher']}" if "teacher" in m else ""
+    eta = f", ETA {format_seconds(m['eta_s'])}" if m.get("eta_s") else ""
+    return (f"[{m['phase']} {m['epoch']}/{m['epochs']}] loss {m['loss']:.4f}  {accs}{teacher}  "
+            f"({m['epoch_time']:.1f}s{eta})")
 
 
 @contextmanager
@@ -85,8 +90,29 @@ def taps(model: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tensor]
 
 
 @dataclass
+class RunState:
+    """What a run's checkpoint holds: where the run is, what it has measured, and what to resume from."""
+    phase: str                                  # joint | finetune; a peer: distill | finetune
+    epoch: int = 0                              # epochs done in the phase
+    history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
+    member_val: list[float] | None = None       # each member's validation accuracy after the joint phase
+    member_test: list[float] | None = None      # (a peer: its student as pruned); test: reported only
+    member_stats: list[dict] | None = None      # CascadeNet.member_stats once the masks froze
+    start_masks: torch.Tensor | None = None     # (N, F) where the masks started: how far they learn
+    start_scores: torch.Tensor | None = None
+    pretrained_val_acc: float | None = None
+    setup_macs: int = 0                         # training MACs before the first epoch (the Taylor peer's gradient)
+    student_val_acc: float | None = None        # the exported student's last validation accuracy
+    teacher_pos: int | None = None              # its current teacher's position in the ladder
+    saved: dict[str, Any] = field(default_factory=dict)  # state_dicts: net, rng, optimizers, schedulers, student
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass
 class _Run:
-    """What one cascade run holds from its build to its export."""
+    """What one run holds from its build to its export."""
     cfg: PruneConfig
     out: Path
     data: DataBundle
@@ -94,7 +120,7 @@ class _Run:
     teacher: nn.Module
     teacher_acc: float
     net: CascadeNet
-    state: dict[str, Any]
+    state: RunState
     steps: int
     generator: torch.Generator
     compile: bool
@@ -105,8 +131,8 @@ class _Run:
         return self.out / CHECKPOINT
 
     def save(self, **parts) -> None:
-        self.state.update(net=self.net.state_dict(), rng=self.generator.get_state(), **parts)
-        save_atomic(self.state, self.ckpt)
+        self.state.saved.update(net=self.net.state_dict(), rng=self.generator.get_state(), **parts)
+        save_atomic(self.state.as_dict(), self.ckpt)
 
 
 def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | None = None,
@@ -114,7 +140,13 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
                  peer_scores: torch.Tensor | None = None) -> Generator[dict, None, dict]:
     """``peer_scores``: a one-shot peer's (F,) filter scores instead of its method's importance (controls such
     as a peer pruned to given per-layer widths)."""
-    run = _build(cfg, Path(out_dir), data, teacher, log, peer_scores)
+    out = Path(out_dir)
+    done = _finished(cfg, out)
+    if done is not None:
+        log(f"{out} holds this run's result already (result.json, student.pt): nothing to do")
+        return done
+    run = _build(cfg, out, data, teacher, log, peer_scores)
+    log(_plan(run))
     if cfg.method == "cascade":
         yield from _joint_phase(run)
         student = yield from _finetune_phase(run)
@@ -123,10 +155,21 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
     return _export(run, student)
 
 
+def _finished(cfg: PruneConfig, out: Path) -> dict | None:
+    """The result of a finished run of this config in ``out`` (a rerun, or a trial retried after its export)."""
+    try:
+        result = json.loads((out / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return result if result.get("config") == to_dict(cfg) and (out / "student.pt").exists() else None
+
+
 def _build(cfg: PruneConfig, out: Path, data: DataBundle | None, teacher, log, peer_scores=None) -> _Run:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data = data or load_prune_data(cfg)
+    if data is None:
+        log(f"loading {cfg.data.name}{f' from {cfg.data.root}' if cfg.data.root else ''} ...")
+        data = load_prune_data(cfg)
     t_model, t_acc = teacher or get_teacher(cfg, data, device, log)
     out.mkdir(parents=True, exist_ok=True)  # only once data and teacher are known good: bad input writes nothing
     base = copy.deepcopy(t_model).cpu().float()  # the pretrained weights seed every member
@@ -141,19 +184,60 @@ def _build(cfg: PruneConfig, out: Path, data: DataBundle | None, teacher, log, p
     if cfg.compile:  # one compile cache for every run of this cache dir (the trials of a search share it)
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.cache_dir or default_cache_dir()) / "inductor"))
     run = _Run(cfg, out, data, device, t_model, t_acc, net,
-               {"phase": "distill" if peer else "joint", "epoch": 0, "history": [], "joint_member_acc": None},
+               RunState("distill" if peer else "joint"),
                max(1, len(data.train) // cfg.data.batch_size), torch.Generator().manual_seed(cfg.seed), cfg.compile,
                count_flops(t_model, data.input_size)[0])
     if run.ckpt.exists():
-        run.state = load_checkpoint(run.ckpt)
-        net.load_state_dict(run.state["net"])
-        run.generator.set_state(run.state["rng"])
-        log(f"resuming from {run.ckpt}: {run.state['phase']} phase, {run.state['epoch']} epochs done")
+        run.state = RunState(**load_checkpoint(run.ckpt))
+        net.load_state_dict(run.state.saved["net"])
+        run.generator.set_state(run.state.saved["rng"])
+        log(f"resuming from {run.ckpt}: {run.state.phase} phase, {run.state.epoch} epochs done")
     elif peer:
         scores = _peer_scores(run) if peer_scores is None else peer_scores.to(device)
         with torch.no_grad():
             net.scores.copy_(scores[None])
     return run
+
+
+def _epoch_macs(run: _Run, phase: str) -> float:
+    """Planned MACs of one epoch of ``phase`` (training and its validation pass), for the ETA: a joint epoch
+    runs every member at full width; a distill epoch the student (at its budget) and a full-size teacher."""
+    cfg, net, b = run.cfg, run.net, run.net.base_cost[0]
+    images, val = run.steps * cfg.data.batch_size, len(run.data.val)
+    if phase == "joint":
+        return images * (3 * net.n * b + run.teacher_flops) + val * net.n * b
+    s = b * (1 - cfg.cascade.ratios[0]) if cfg.cascade.budget == "flops" else b * (1 - cfg.cascade.ratios[0]) ** 2
+    return images * (3 * s + run.teacher_flops) + val * s
+
+
+def _remaining_macs(run: _Run) -> float:
+    j, f = run.cfg.schedule.joint_epochs, run.cfg.schedule.finetune_epochs
+    first = "joint" if run.cfg.method == "cascade" else "distill"
+    st = run.state
+    left_first = j - st.epoch if st.phase == first else 0
+    left_f = f - (st.epoch if st.phase == "finetune" else 0)
+    return left_first * _epoch_macs(run, first) + left_f * _epoch_macs(run, "finetune")
+
+
+def _eta(run: _Run) -> float | None:
+    """Seconds left: the remaining planned MACs at this run's measured seconds per MAC."""
+    h = run.state.history
+    spent = sum(e["train_macs"] + e["eval_macs"] for e in h)
+    return _remaining_macs(run) * sum(e["epoch_time"] for e in h) / spent if spent else None
+
+
+def _plan(run: _Run) -> str:
+    cfg, net = run.cfg, run.net
+    j, f = cfg.schedule.joint_epochs, cfg.schedule.finetune_epochs
+    what = (f"cascade of {net.n} members (ratios {', '.join(f'{k:g}' for k in net.ratios)}), {j} joint + {f} "
+            f"fine-tune epochs" if cfg.method == "cascade" else
+            f"one-shot {cfg.method} peer (ratio {net.ratios[0]:g}), {j} + {f} epochs of KD")
+    line = (f"plan: {what}; {len(run.data.train)} training images, batch {cfg.data.batch_size} "
+            f"({run.steps} steps an epoch) on {run.device}; about {_remaining_macs(run) / 1e12:.1f} TMACs")
+    if run.device.type == "cpu" and _remaining_macs(run) > 2e14:  # hours on a few cores
+        line += ("\n  that is hours on a CPU; for a first look: --set model.width=0.25 --set data.train_subset=10000 "
+                 "--set schedule.joint_epochs=4 --set schedule.finetune_epochs=4 (or run it on a GPU)")
+    return line
 
 
 def _peer_scores(run: _Run) -> torch.Tensor:
@@ -164,7 +248,7 @@ def _peer_scores(run: _Run) -> torch.Tensor:
     if cfg.method == "taylor":
         taylor_gradients(model, run.teacher, run.data, run.device, tau=cfg.loss.tau, lambda_kd=cfg.loss.lambda_kd,
                          batch_size=cfg.data.batch_size, seed=cfg.seed)
-        run.state["setup_macs"] = TAYLOR_BATCHES * cfg.data.batch_size * (3 * run.net.base_cost[0] + run.teacher_flops)
+        run.state.setup_macs = TAYLOR_BATCHES * cfg.data.batch_size * (3 * run.net.base_cost[0] + run.teacher_flops)
     return peer_scores(cfg.method, run.net, model).to(run.device)
 
 
@@ -208,11 +292,10 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
     scheds = [sched]
     if cfg.optim.score_schedule == "cosine":  # to 0 at the last joint step: the masks settle before export
         scheds.append(torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=run.steps * cfg.schedule.joint_epochs))
-    if state["phase"] == "joint" and "opt_w" in state:
-        opt_w.load_state_dict(state["opt_w"])
-        opt_s.load_state_dict(state["opt_s"])
-        saved = state["sched"] if isinstance(state["sched"], list) else [state["sched"]]  # (one, before cosine)
-        for sc, sd in zip(scheds, saved):
+    if state.phase == "joint" and "opt_w" in state.saved:
+        opt_w.load_state_dict(state.saved["opt_w"])
+        opt_s.load_state_dict(state.saved["opt_s"])
+        for sc, sd in zip(scheds, state.saved["sched"]):
             sc.load_state_dict(sd)
     lo = cfg.loss
     weights = member_weights(net.n, lo.student_weight)
@@ -237,25 +320,25 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
         step = Step(loss_fn, [opt_w, opt_s], scheds, compile=run.compile, compile_mode=run.cfg.compile_mode,
                     after_backward=after_backward)
         prev = net.eval().step_masks().clone()
-        if "start_masks" not in state:  # where the masks start (the L1 ranks by default): how far they learn
-            state.update(start_masks=prev.cpu(), start_scores=net.scores.detach().cpu().clone())
+        if state.start_masks is None:  # where the masks start (the L1 ranks by default): how far they learn
+            state.start_masks, state.start_scores = prev.cpu(), net.scores.detach().cpu().clone()
         base = net.base_cost[0]  # every member computes at full width in the joint phase: masks save no MACs
-        while state["phase"] == "joint" and state["epoch"] < cfg.schedule.joint_epochs:
+        while state.phase == "joint" and state.epoch < cfg.schedule.joint_epochs:
             t0 = time.time()
             net.train()
             moments.__init__()
             terms = train_epoch(step, run.data.train, run.device, batch_size=cfg.data.batch_size,
-                                generator=run.generator, name="joint", epoch=state["epoch"] + 1)
-            state["epoch"] += 1
+                                generator=run.generator, name="joint", epoch=state.epoch + 1)
+            state.epoch += 1
             accs = evaluate(net, run.data.val, run.device)  # eval mode: the trained masks, computed once
             masks = net.step_masks().clone()
             churn = ((masks != prev).sum(1) / net.total_filters).tolist()
             kept = (masks.sum(1) / net.total_filters).tolist()
-            overlap = jaccard(masks.cpu(), state["start_masks"]).tolist()
-            rank_corr = spearman(net.scores.detach().cpu(), state["start_scores"]).tolist()
+            overlap = jaccard(masks.cpu(), state.start_masks).tolist()
+            rank_corr = spearman(net.scores.detach().cpu(), state.start_scores).tolist()
             snr = moments.log10_snr()
             prev = masks
-            metrics = {"phase": "joint", "epoch": state["epoch"], "epochs": cfg.schedule.joint_epochs,
+            metrics = {"phase": "joint", "epoch": state.epoch, "epochs": cfg.schedule.joint_epochs,
                        "lr": sched.get_last_lr()[0], "epoch_time": time.time() - t0,
                        "train_macs": run.steps * cfg.data.batch_size * (3 * net.n * base + run.teacher_flops),
                        "eval_macs": len(run.data.val) * net.n * base, **terms}
@@ -264,10 +347,11 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
                                 f"mask_jaccard_start/m{i}": overlap[i], f"score_spearman_start/m{i}": rank_corr[i]})
                 if snr:
                     metrics[f"grad_log10_snr/m{i}"] = snr[i]
-            state["joint_member_acc"] = accs
-            if state["epoch"] == cfg.schedule.joint_epochs:
-                state.update(phase="finetune", epoch=0)
-            state["history"].append(metrics)
+            state.member_val = accs
+            if state.epoch == cfg.schedule.joint_epochs:
+                state.phase, state.epoch = "finetune", 0
+            state.history.append(metrics)
+            metrics["eta_s"] = _eta(run)
             run.save(opt_w=opt_w.state_dict(), opt_s=opt_s.state_dict(),
                      sched=[sc.state_dict() for sc in scheds])
             yield metrics
@@ -317,18 +401,18 @@ def _finetune_phase(run: _Run) -> Generator[dict, None, nn.Module]:
     exported as they trained and the pretrained model, ordered by validation accuracy."""
     net, state = run.net, run.state
     net.eval()
-    state.setdefault("member_test", evaluate(net, run.data.test, run.device))  # masked members, end of joint
-    state.setdefault("member_stats", net.member_stats())
+    if state.member_test is None:  # the masked members at the end of the joint phase
+        state.member_test, state.member_stats = evaluate(net, run.data.test, run.device), net.member_stats()
     teachers = []
     for j in range(1, net.n):
         ta = net.export(j, fill=False)
         teachers.append(_Teacher(f"m{j}", prepare(ta, run.device).eval().requires_grad_(False),
-                                 state["joint_member_acc"][j], _hint_plans(run, j),
+                                 state.member_val[j], _hint_plans(run, j),
                                  count_flops(ta, run.data.input_size)[0]))
     teachers.append(_pretrained(run))
     student = prepare(net.export(0), run.device)
     return (yield from _distill(run, student, teachers, "finetune", run.cfg.schedule.finetune_epochs,
-                                state["joint_member_acc"][0]))
+                                state.member_val[0]))
 
 
 def _peer_phases(run: _Run) -> Generator[dict, None, nn.Module]:
@@ -337,20 +421,21 @@ def _peer_phases(run: _Run) -> Generator[dict, None, nn.Module]:
     fine-tune lengths (``optim.lr_schedule`` treats them as the cascade's two phases)."""
     net, state, data = run.net.eval(), run.state, run.data
     student = prepare(net.export(0), run.device)
-    if "member_stats" not in state:  # the student as pruned, before any training
-        state.update(member_stats=net.member_stats(), member_test=[float(evaluate(student, data.test, run.device))],
-                     joint_member_acc=[float(evaluate(student, data.val, run.device))])
+    if state.member_stats is None:  # the student as pruned, before any training
+        state.member_stats = net.member_stats()
+        state.member_test = [float(evaluate(student, data.test, run.device))]
+        state.member_val = [float(evaluate(student, data.val, run.device))]
     teachers = [_pretrained(run)]
     j, f = run.cfg.schedule.joint_epochs, run.cfg.schedule.finetune_epochs
-    student = yield from _distill(run, student, teachers, "distill", j, state["joint_member_acc"][0],
+    student = yield from _distill(run, student, teachers, "distill", j, state.member_val[0],
                                   next_phase="finetune")
-    return (yield from _distill(run, student, teachers, "finetune", f, state["joint_member_acc"][0]))
+    return (yield from _distill(run, student, teachers, "finetune", f, state.member_val[0]))
 
 
 def _pretrained(run: _Run) -> _Teacher:
-    if "pretrained_val_acc" not in run.state:
-        run.state["pretrained_val_acc"] = float(evaluate(run.teacher, run.data.val, run.device))
-    return _Teacher("pretrained", run.teacher, run.state["pretrained_val_acc"], _hint_plans(run, None),
+    if run.state.pretrained_val_acc is None:
+        run.state.pretrained_val_acc = float(evaluate(run.teacher, run.data.val, run.device))
+    return _Teacher("pretrained", run.teacher, run.state.pretrained_val_acc, _hint_plans(run, None),
                     run.teacher_flops)
 
 
@@ -371,18 +456,19 @@ def _distill(run: _Run, student: nn.Module, teachers: list[_Teacher], phase: str
     schedule), from the teacher ladder: it starts at the least accurate teacher above the student and moves up
     when the student passes it (teacher swap). Resumes mid-phase from the checkpoint."""
     cfg, state = run.cfg, run.state
-    if state["phase"] != phase:  # done before a restart
+    if state.phase != phase:  # done before a restart
         return student
-    if "student" in state:  # resuming: the same decisions give the same shapes, then the trained weights
-        student.load_state_dict(state["student"])
+    if "student" in state.saved:  # resuming: the same decisions give the same shapes, then the trained weights
+        student.load_state_dict(state.saved["student"])
     accs = [t.val_acc for t in teachers]
     order = teacher_order(accs)
-    now = {"pos": state.get("teacher_pos", first_teacher(accs, order, state.get("student_val_acc", student_acc)))}
+    start = state.student_val_acc if state.student_val_acc is not None else student_acc
+    now = {"pos": state.teacher_pos if state.teacher_pos is not None else first_teacher(accs, order, start)}
     opt, _ = _optimizers(student, cfg, run.steps)
     sched = restarts(opt, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay, *_lr_span(cfg, phase))
-    if "opt_f" in state:
-        opt.load_state_dict(state["opt_f"])
-        sched.load_state_dict(state["sched_f"])
+    if "opt_f" in state.saved:
+        opt.load_state_dict(state.saved["opt_f"])
+        sched.load_state_dict(state.saved["sched_f"])
     lo = cfg.loss
     names = run.net.hint_names
     with ExitStack() as stack:
@@ -401,15 +487,15 @@ def _distill(run: _Run, student: nn.Module, teachers: list[_Teacher], phase: str
 
         step = Step(loss_fn, [opt], [sched], compile=run.compile, compile_mode=cfg.compile_mode)
         s_flops = count_flops(student, run.data.input_size)[0]
-        while state["phase"] == phase and state["epoch"] < epochs:
+        while state.phase == phase and state.epoch < epochs:
             t0 = time.time()
             student.train()
             teacher = teachers[order[now["pos"]]]
             terms = train_epoch(step, run.data.train, run.device, batch_size=cfg.data.batch_size,
-                                generator=run.generator, name=phase, epoch=state["epoch"] + 1)
-            state["epoch"] += 1
+                                generator=run.generator, name=phase, epoch=state.epoch + 1)
+            state.epoch += 1
             acc = float(evaluate(student, run.data.val, run.device))
-            metrics = {"phase": phase, "epoch": state["epoch"], "epochs": epochs, "lr": sched.get_last_lr()[0],
+            metrics = {"phase": phase, "epoch": state.epoch, "epochs": epochs, "lr": sched.get_last_lr()[0],
                        "epoch_time": time.time() - t0, "val_acc/m0": acc, "teacher": teacher.name,
                        "teacher_val_acc": teacher.val_acc,
                        "train_macs": run.steps * cfg.data.batch_size * (3 * s_flops + teacher.flops),
@@ -417,17 +503,18 @@ def _distill(run: _Run, student: nn.Module, teachers: list[_Teacher], phase: str
             if acc > teacher.val_acc and now["pos"] < len(order) - 1:
                 now["pos"] += 1  # teacher swap: the student passed its teacher, move up the ladder
                 metrics["swap"] = 1
-            state["history"].append(metrics)
-            parts = dict(student=student.state_dict(), teacher_pos=now["pos"], student_val_acc=acc,
-                         opt_f=opt.state_dict(), sched_f=sched.state_dict())
-            if state["epoch"] == epochs and next_phase:  # the next phase starts afresh: its own optimizer
-                state.update(phase=next_phase, epoch=0)
-                parts.pop("opt_f"), parts.pop("sched_f")
-                state.pop("opt_f", None), state.pop("sched_f", None)
+            state.history.append(metrics)
+            state.teacher_pos, state.student_val_acc = now["pos"], acc
+            parts = dict(student=student.state_dict(), opt_f=opt.state_dict(), sched_f=sched.state_dict())
+            if state.epoch == epochs and next_phase:  # the next phase starts afresh: its own optimizer
+                state.phase, state.epoch = next_phase, 0
+                del parts["opt_f"], parts["sched_f"]
+                state.saved.pop("opt_f", None), state.saved.pop("sched_f", None)
+            metrics["eta_s"] = _eta(run)
             run.save(**parts)
             yield metrics
-    if state["epoch"] == epochs and next_phase and state["phase"] == phase:  # a phase of 0 epochs
-        state.update(phase=next_phase, epoch=0)
+    if state.epoch == epochs and next_phase and state.phase == phase:  # a phase of 0 epochs
+        state.phase, state.epoch = next_phase, 0
     return student
 
 
@@ -454,14 +541,15 @@ def _export(run: _Run, student: nn.Module) -> dict:
         "base_params": base_params, "flops_reduction": 1 - flops / base_flops,
         "params_reduction": 1 - params / base_params, "teacher_accuracy": run.teacher_acc,
         "accuracy_change": acc - run.teacher_acc,
-        "members": [{**st, "test_acc": state["member_test"][i], "val_acc": state["joint_member_acc"][i]}
-                    for i, st in enumerate(state["member_stats"])],
-        "kept_channels": state["member_stats"][0]["kept_channels"],
+        "members": [{**st, "test_acc": state.member_test[i], "val_acc": state.member_val[i]}
+                    for i, st in enumerate(state.member_stats)],
+        "kept_channels": state.member_stats[0]["kept_channels"],
         "decisions": net.decisions(0),
         # training compute: forward (1x) and backward (2x) of every trained model, the frozen teachers' forward
-        "train_macs": state.get("setup_macs", 0) + sum(h["train_macs"] for h in state["history"]),
-        "eval_macs": sum(h["eval_macs"] for h in state["history"]),
-        "config": to_dict(cfg), "seed": cfg.seed, "history": state["history"],
+        "train_macs": state.setup_macs + sum(h["train_macs"] for h in state.history),
+        "eval_macs": sum(h["eval_macs"] for h in state.history),
+        "config": to_dict(cfg), "seed": cfg.seed, "history": state.history,
     }
     (run.out / "result.json").write_text(json.dumps(result, indent=2))
+    run.ckpt.unlink(missing_ok=True)  # the run is whole in result.json and the exports; a rerun finds them
     return result

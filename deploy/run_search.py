@@ -1,4 +1,4 @@
-"""Entry script for ``ray submit deploy/cluster.yaml deploy/run_search.py spaces/<space>.yaml [--set k=v ...]``.
+"""Entry script for ``ray submit deploy/cluster.yaml deploy/run_search.py configs/<config>.yaml [--set k=v ...]``.
 
 It runs on the head node, inside the image, and joins the running cluster (``--address auto``). A config path
 that does not exist where the script runs is looked up in the image's copy of the project. Trials log to the
@@ -10,7 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
-from search.cli import main
+from cascade_cli import main
 
 PROJECT = Path("/home/ray/cascade")
 

@@ -1,8 +1,16 @@
-"""Search: Optuna samples cascades from a YAML space, Ray Tune runs them as trials, MLflow records them."""
-from .api import SearchResult, load_result, resume_search, run_search
-from .config import SearchConfig, load_config
-from .frontier import pareto_front
-from .record import TrialRecord
+"""Search: Optuna samples cascades from a YAML space, Ray Tune runs them as trials, MLflow records them.
 
-__all__ = ["SearchConfig", "SearchResult", "TrialRecord", "load_config", "load_result", "pareto_front",
-           "resume_search", "run_search"]
+The names below load on first use (``cascade --help`` starts without torch, ray or mlflow)."""
+from importlib import import_module
+
+_EXPORTS = {
+    "SearchConfig": ".config", "SearchResult": ".api", "TrialRecord": ".record", "load_config": ".config",
+    "load_result": ".api", "pareto_front": ".frontier", "resume_search": ".api", "run_search": ".api",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

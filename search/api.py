@@ -64,12 +64,14 @@ def run_search(config: str | Path | dict | SearchConfig, overrides: list[str] | 
                   "mlflow.source.name": "cascade search", "storage": cfg.storage_root},
             params={"num_trials": cfg.num_trials, "concurrency": cfg.concurrency, "sampler": cfg.sampler.name,
                     "scheduler": cfg.scheduler.name, "objectives": json.dumps(cfg.objectives),
-                    "model": cfg.model.name, "data": cfg.data.name, "joint_epochs": cfg.budget.joint_epochs,
-                    "finetune_epochs": cfg.budget.finetune_epochs, "teacher_accuracy": teacher_acc},
+                    "model": cfg.prune.model.name, "data": cfg.prune.data.name,
+                    "joint_epochs": cfg.prune.schedule.joint_epochs,
+                    "finetune_epochs": cfg.prune.schedule.finetune_epochs, "teacher_accuracy": teacher_acc},
             artifact_location=(run_dir / "artifacts").as_uri() if cfg.tracking_uri.startswith("sqlite") else None,
             run_id=state.get("parent_run_id"))
         if "parent_run_id" not in state:  # a new parent: the data set as its input, before any trial logs it
-            log_dataset(cfg.tracking_uri, parent, name=cfg.data.name, root=cfg.data.root, digest=_data_digest(cfg))
+            log_dataset(cfg.tracking_uri, parent, name=cfg.prune.data.name, root=cfg.prune.data.root,
+                        digest=_data_digest(cfg))
         state.update(parent_run_id=parent, experiment_id=exp_id, tracking_uri=cfg.tracking_uri)
         (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
         log_parent(cfg.tracking_uri, parent, artifacts=[run_dir / CONFIG_FILE])
@@ -78,8 +80,9 @@ def run_search(config: str | Path | dict | SearchConfig, overrides: list[str] | 
                            data_digest=_data_digest(cfg), cpus=cfg.resources.cpu, gpus=cfg.resources.gpu,
                            verbose=verbose)
         progress = Progress(run_dir / TRIALS_FILE, dict(cfg.objectives), tracking_uri=cfg.tracking_uri,
-                            parent_run_id=parent, total=cfg.num_trials, joint_epochs=cfg.budget.joint_epochs,
-                            finetune_epochs=cfg.budget.finetune_epochs)
+                            parent_run_id=parent, total=cfg.num_trials,
+                            joint_epochs=cfg.prune.schedule.joint_epochs,
+                            finetune_epochs=cfg.prune.schedule.finetune_epochs)
         try:
             grid = fit(cfg, ctx, journal=run_dir / "optuna.journal", callbacks=[progress], resume=resume,
                        verbose=verbose)
@@ -99,7 +102,8 @@ def resume_search(run_dir: str | Path, *, address: str | None = None, verbose: b
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
         raise ConfigError("DIR", f"{str(run_dir)!r} holds no search (no {CONFIG_FILE})")
-    return run_search(run_dir / CONFIG_FILE, address=address, resume=True, verbose=verbose)
+    return run_search(load_config(run_dir / CONFIG_FILE, stored=True), address=address, resume=True,
+                      verbose=verbose)
 
 
 def _close(cfg: SearchConfig, result: SearchResult) -> None:
@@ -115,7 +119,10 @@ def _close(cfg: SearchConfig, result: SearchResult) -> None:
     log_parent(uri, parent, metrics=metrics, step=len(result.finished), tags={"failures": failures} if failures else None,
                artifacts=[result.run_dir / n for n in ("frontier.csv", "frontier.png", TRIALS_FILE)])
     if result.frontier:
-        register_frontier(uri, f"cascade-{cfg.experiment}", result.frontier)
+        floor = cfg.mlflow.register_min_val_accuracy
+        if floor is None:  # chance + 10 points: a student no better than chance is no model to deploy
+            floor = 100.0 / (result.finished[0].num_classes or 1) + 10.0
+        register_frontier(uri, f"cascade-{cfg.experiment}", result.frontier, min_val_accuracy=floor)
     close_parent(uri, parent, failed=not result.finished,
                  stopped_runs=[t.mlflow_run_id for t in result.trials if t.status == "stopped" and t.mlflow_run_id])
 
@@ -140,8 +147,8 @@ def _ray(address: str | None, verbose: bool) -> Iterator[None]:
 
 
 def _data_digest(cfg: SearchConfig) -> str:
-    d = cfg.data
-    ident = [d.name, d.root, d.image_size, d.train_subset, d.test_subset, d.val_fraction, d.split_seed, cfg.seed]
+    d = cfg.prune.data
+    ident = [d.name, d.root, d.image_size, d.train_subset, d.test_subset, d.val_fraction, d.split_seed, cfg.prune.seed]
     return hashlib.sha1(json.dumps(ident, default=str).encode()).hexdigest()[:12]
 
 

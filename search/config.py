@@ -1,17 +1,20 @@
-"""The search config (one YAML file): overridden, validated completely and its paths resolved before Ray starts."""
+"""The search config (one YAML file): its own keys, the prune config every trial starts from (``prune``, the
+schema of ``cascade prune``), and the ``space`` the sampler draws from. Overridden, validated completely and
+its paths resolved before Ray starts."""
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from cascade.config import (ConfigError, DataConfig, ModelConfig, PruneConfig, ScheduleConfig, TeacherConfig,
-                            apply_overrides, check, is_uri, load_yaml, parse, prune_config, split_override, to_dict)
-from spaces import ALIASES, LADDER_KEYS, SPEC_KEYS, Space, parse_space
+from cascade.config import (ConfigError, PruneConfig, apply_overrides, check, is_uri, load_yaml, opt, parse,
+                            prune_config, section, split_override, to_dict, validate_prune)
+from spaces import ALIASES, SPEC_KEYS, Space, parse_space, space_targets
 
 from .sampling import SAMPLERS
 
@@ -23,51 +26,52 @@ OBJECTIVES = {"val_accuracy": "max", "flops": "min", "params": "min"}
 
 @dataclass
 class ResourcesConfig:
-    cpu: float = 1.0
-    gpu: float = 0.0  # fractions pack small trials on one GPU (0.25 = four trials per GPU)
+    cpu: float = opt(1.0, "CPUs per trial", gt=0)
+    gpu: float = opt(0.0, "GPUs per trial: fractions pack trials on one GPU (0.25 = four per GPU)", ge=0)
 
 
 @dataclass
 class SamplerConfig:
-    name: str = "tpe"  # tpe | nsga2 | gp | random
-    n_startup_trials: int = 10
+    name: Literal[SAMPLERS] = opt("tpe", "Optuna's sampler (tpe and gp handle the conditional spaces)")
+    n_startup_trials: int = opt(10, "random trials before the model-based sampler starts", ge=0)
 
 
 @dataclass
 class SchedulerConfig:
-    name: str = "fifo"          # fifo | asha (single objective only)
-    grace_period: int = 1       # epochs before ASHA may stop a trial
-    reduction_factor: int = 3
+    name: Literal["fifo", "asha"] = opt("fifo", "asha stops weak trials early (a single objective only)")
+    grace_period: int = opt(1, "epochs before ASHA may stop a trial", ge=1)
+    reduction_factor: int = opt(3, "ASHA keeps 1 in this many at each rung", ge=2)
 
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<results>/<experiment>/mlflow.db
-    experiment: str | None = None    # default: the search's experiment name
+    tracking_uri: str | None = opt(None, "an http(s):// server or sqlite:/// file (null: $MLFLOW_TRACKING_URI, "
+                                         "else <results_dir>/<experiment>/mlflow.db)")
+    experiment: str | None = opt(None, "the MLflow experiment (null: the search's name)")
+    register_min_val_accuracy: float | None = opt(None, "frontier students registered in the Model Registry: at "
+                                                        "least this validation accuracy (null: chance + 10 points)")
 
 
 @dataclass
 class SearchConfig:
-    experiment: str = "cascade"
-    seed: int = 0
-    num_trials: int = 8
-    concurrency: int = 1
-    max_retries: int = 0             # Ray re-runs a failed trial this many times
-    results_dir: str = "results"    # the local summary: search.yaml, trials.json, frontier, Optuna journal
-    storage: str | None = None       # Tune state, checkpoints, cached teachers: a shared path or a URI (s3://...)
-    device: str = "auto"
-    cache_dir: str | None = None
-    objectives: dict[str, str] = field(default_factory=lambda: {"val_accuracy": "max", "flops": "min"})
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    budget: ScheduleConfig = field(default_factory=ScheduleConfig)  # epochs of each phase, per trial
-    fixed: dict[str, Any] = field(default_factory=dict)  # prune-config paths set for every trial
-    space: dict[str, Any] = field(default_factory=dict)
+    experiment: str = opt("cascade", "the search's name: its results dir, MLflow experiment and Optuna study")
+    seed: int = opt(0, "seeds the sampler")
+    num_trials: int = opt(8, "trials in all (a resumed search ends with exactly this many)", ge=1)
+    concurrency: int = opt(1, "trials at once", ge=1)
+    max_retries: int = opt(0, "Ray re-runs a failed trial this many times, from its checkpoint", ge=0)
+    results_dir: str = opt("results", "the local summary: search.yaml, trials.json, the frontier, the Optuna "
+                                      "journal, the local MLflow store")
+    storage: str | None = opt(None, "Tune state, checkpoints, cached teachers: a path every node mounts or a URI "
+                                    "(s3://...); null: results_dir")
+    objectives: dict[str, str] = opt({"val_accuracy": "max", "flops": "min"}, "metric -> max | min, of "
+                                     "val_accuracy, flops, params")
+    resources: ResourcesConfig = section(ResourcesConfig, "what one trial holds")
+    sampler: SamplerConfig = section(SamplerConfig, "Optuna")
+    scheduler: SchedulerConfig = section(SchedulerConfig, "Ray Tune's trial scheduler")
+    mlflow: MlflowConfig = section(MlflowConfig, "where the runs are recorded")
+    prune: PruneConfig = section(PruneConfig, "every trial's config before its sampled values: the keys of "
+                                              "`cascade prune`")
+    space: dict[str, Any] = opt({}, "what the sampler draws: name -> value spec (docs/config.md, 'Search spaces')")
 
     @property
     def run_dir(self) -> Path:
@@ -92,8 +96,14 @@ class SearchConfig:
     def teacher_cache(self) -> str:
         return f"{self.storage_root}/teachers"
 
+    @cached_property
     def parsed_space(self) -> Space:
+        """The space, parsed once (validated with the rest of the config)."""
         return parse_space(self.space)
+
+    @property
+    def epochs(self) -> int:
+        return self.prune.schedule.joint_epochs + self.prune.schedule.finetune_epochs
 
     def config_hash(self) -> str:
         return hashlib.sha1(json.dumps(to_dict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -101,46 +111,62 @@ class SearchConfig:
 
 def base_prune_dict(cfg: SearchConfig) -> dict:
     """The prune config every trial starts from, before its sampled values."""
-    base = {"seed": cfg.seed, "device": cfg.device, "cache_dir": cfg.cache_dir, "model": to_dict(cfg.model),
-            "data": to_dict(cfg.data), "teacher": to_dict(cfg.teacher), "schedule": to_dict(cfg.budget)}
-    return apply_overrides(base, {k: v for k, v in cfg.fixed.items()})
+    return to_dict(cfg.prune)
 
 
 def trial_prune_config(cfg: SearchConfig, overrides: dict[str, Any]) -> PruneConfig:
     return prune_config(base_prune_dict(cfg), overrides)
 
 
-def load_config(path: str | Path | dict, overrides: list[str] | dict | None = None) -> SearchConfig:
+def load_config(path: str | Path | dict, overrides: list[str] | dict | None = None, *,
+                stored: bool = False) -> SearchConfig:
     """Read, override (``key.path=value``), parse and validate a search config. Raises ConfigError naming
-    the YAML path of the first bad field; nothing is written and Ray is not started."""
-    cfg = read_config(path, overrides)
-    _validate(cfg)
+    the YAML path of the first bad field; nothing is written and Ray is not started. ``stored``: the resolved
+    config a search wrote (every key spelt out), whose keys were checked for one place when it started."""
+    data = _read(path, overrides)
+    cfg = _parse(data)
+    _validate(cfg, explicit=set() if stored else _leaf_paths(data.get("prune") or {}))
     return cfg
 
 
 def read_config(path: str | Path | dict, overrides: list[str] | dict | None = None) -> SearchConfig:
     """Parse without validating: reading back a stored search (its data need not be on this machine)."""
+    return _parse(_read(path, overrides))
+
+
+def _read(path, overrides) -> dict:
     data = path if isinstance(path, dict) else load_yaml(path)
-    return parse(SearchConfig, apply_search_overrides(data, overrides or []))
+    return apply_search_overrides(data, overrides or [])
+
+
+def _parse(data: dict) -> SearchConfig:
+    return parse(SearchConfig, data)
+
+
+def _leaf_paths(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out |= _leaf_paths(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return out
 
 
 def apply_search_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
-    """``--set`` for a search config. Under ``fixed`` and ``space`` a key is a prune-config path, so the rest
-    of the dotted key is one name: ``fixed.optim.weight_decay=1e-3`` sets ``fixed["optim.weight_decay"]``,
-    ``space.tau.high=30`` the ``high`` of ``space["tau"]``, ``space.optim.lr={low: .., high: ..}`` a whole entry."""
+    """``--set`` for a search config. Under ``space`` a key is a parameter name, which may itself be a dotted
+    prune-config path: ``space.tau.high=30`` sets the ``high`` of ``space["tau"]``, ``space.optim.lr={low: ..,
+    high: ..}`` the whole of ``space["optim.lr"]``. Everything else is a plain path (``prune.optim.lr=0.01``)."""
     out = copy.deepcopy(data)
     items = overrides.items() if isinstance(overrides, dict) else [split_override(o) for o in overrides]
     for key, value in items:
-        section, _, rest = key.partition(".")
-        if section not in ("fixed", "space") or not rest:
+        section_, _, rest = key.partition(".")
+        if section_ != "space" or not rest:
             out = apply_overrides(out, {key: value})
             continue
-        node = out.get(section)
+        node = out.get("space")
         if node is None:
-            node = out[section] = {}
-        check(isinstance(node, dict), section, f"is not a mapping, cannot set {key!r}")
+            node = out["space"] = {}
+        check(isinstance(node, dict), "space", f"is not a mapping, cannot set {key!r}")
         name, _, spec = rest.rpartition(".")
-        if section == "space" and name and spec in SPEC_KEYS:
+        if name and spec in SPEC_KEYS:
             entry = node.get(name)
             node[name] = {**(entry if isinstance(entry, dict) else {}), spec: value}
         else:
@@ -170,64 +196,48 @@ def resolve_paths(cfg: SearchConfig, *, cwd: Path | None = None) -> SearchConfig
 
     cfg.results_dir = absolute(cfg.results_dir, "results_dir")
     cfg.storage = absolute(cfg.storage, "storage")
-    cfg.cache_dir = absolute(cfg.cache_dir, "cache_dir")
-    cfg.data.root = absolute(cfg.data.root, "data.root")
-    cfg.teacher.checkpoint = absolute(cfg.teacher.checkpoint, "teacher.checkpoint")
+    p = cfg.prune
+    p.cache_dir = absolute(p.cache_dir, "prune.cache_dir")
+    p.data.root = absolute(p.data.root, "prune.data.root")
+    p.teacher.checkpoint = absolute(p.teacher.checkpoint, "prune.teacher.checkpoint")
     return cfg
 
 
-def _validate(cfg: SearchConfig) -> None:
+def _validate(cfg: SearchConfig, explicit: set[str]) -> None:
+    """What types and bounds cannot say; ``explicit``: the prune paths the YAML or --set gave a value."""
     check(bool(cfg.experiment) and "/" not in cfg.experiment, "experiment", "expected a name without '/'")
-    check(cfg.num_trials >= 1, "num_trials", f"expected >= 1, got {cfg.num_trials}")
-    check(cfg.concurrency >= 1, "concurrency", f"expected >= 1, got {cfg.concurrency}")
-    check(cfg.max_retries >= 0, "max_retries", f"expected >= 0, got {cfg.max_retries}")
-    check(cfg.resources.cpu > 0, "resources.cpu", f"expected > 0, got {cfg.resources.cpu}")
-    check(cfg.resources.gpu >= 0, "resources.gpu", f"expected >= 0, got {cfg.resources.gpu}")
     check(bool(cfg.objectives), "objectives", f"expected at least one of {', '.join(OBJECTIVES)}")
     for metric, mode in cfg.objectives.items():
         check(metric not in ("accuracy", "test_accuracy"), f"objectives.{metric}",
               "the test split is reported, never selected on: use val_accuracy")
         check(metric in OBJECTIVES, f"objectives.{metric}",
-               f"unknown objective (expected one of {', '.join(OBJECTIVES)})")
+              f"unknown objective (expected one of {', '.join(OBJECTIVES)})")
         check(mode in ("max", "min"), f"objectives.{metric}", f"expected max or min, got {mode!r}")
-    check(cfg.sampler.name in SAMPLERS, "sampler.name",
-           f"unknown sampler {cfg.sampler.name!r} (expected one of {', '.join(SAMPLERS)})")
-    check(cfg.sampler.n_startup_trials >= 0, "sampler.n_startup_trials", "expected >= 0")
-    check(cfg.scheduler.name in ("fifo", "asha"), "scheduler.name",
-           f"unknown scheduler {cfg.scheduler.name!r} (expected fifo or asha)")
     check(cfg.scheduler.name != "asha" or len(cfg.objectives) == 1, "scheduler.name",
-           "asha needs a single objective: with several, a partial-budget result could reach the frontier")
-    check(cfg.scheduler.grace_period >= 1, "scheduler.grace_period", "expected >= 1")
-    check(cfg.scheduler.reduction_factor >= 2, "scheduler.reduction_factor", "expected >= 2")
+          "asha needs a single objective: with several, a partial-budget result could reach the frontier")
     uri = cfg.mlflow.tracking_uri
     check(uri is None or uri.startswith(("http://", "https://", "sqlite:///", "file:", "databricks")),
-           "mlflow.tracking_uri", f"expected an http(s):// server or a sqlite:/// file, got {uri!r}")
+          "mlflow.tracking_uri", f"expected an http(s):// server or a sqlite:/// file, got {uri!r}")
     check(cfg.storage is None or is_uri(cfg.storage) or bool(cfg.storage), "storage",
           "expected a path on a shared filesystem or a URI such as s3://bucket/cascade")
-    space = cfg.parsed_space()
-    for key in cfg.fixed:
-        check("." in key, f"fixed.{key}", "expected a prune-config path such as loss.hint_layers")
-    # Every trial's config must be valid: check the base with each parameter at its extremes.
     try:
-        trial_prune_config(cfg, {})
+        validate_prune(cfg.prune)
     except ConfigError as e:
-        raise ConfigError(_search_path(e.field), e.message) from None
+        raise ConfigError(f"prune.{e.field}", e.message) from None
+    space = cfg.parsed_space
+    for name in space.params:  # one value, one place: a searched path that is also fixed would be overridden
+        for path in space_targets(name):
+            check(path not in explicit, f"space.{name}",
+                  f"also fixed by prune.{path}: a searched value overrides it, so set it in one place")
     _check_extremes(cfg, space)
 
 
-def _search_path(prune_field: str) -> str:
-    """A prune-config field as its path in the search YAML (schedule.* lives under budget)."""
-    if prune_field.startswith("schedule."):
-        return "budget." + prune_field.split(".", 1)[1]
-    return prune_field
-
-
 def _check_extremes(cfg: SearchConfig, space: Space) -> None:
-    """Each searched or fixed value at its bounds must give a valid trial config. (The TA ladder needs no
-    such check: parse_space already bounds num_tas, student_ratio and placement, and every placement then
-    yields valid, strictly decreasing ratios.)"""
+    """Each searched value at its bounds must give a valid trial config. (The TA ladder needs no such check:
+    parse_space already bounds num_tas, student_ratio and placement, and every placement then yields valid,
+    strictly decreasing ratios.)"""
     for name, p in space.params.items():
-        if name in LADDER_KEYS:
+        if space_targets(name) != [ALIASES.get(name, name)]:
             continue
         for value in p.bounds():
             try:

@@ -21,8 +21,9 @@ def run_name(config: dict[str, Any]) -> str:
     one-shot method) and the student's ratio (a trial's sampled ``config``), readable in MLflow's UI."""
     logged = config["logged"]
     method = logged.get("method", "cascade")
-    kind = f"{logged['num_tas']}TA" if method == "cascade" else method
-    return f"t{config.get('number', 0):02d}-{kind}-k{float(logged['student_ratio']):.2f}"
+    kind = f"{logged['num_tas']}TA" if method == "cascade" and "num_tas" in logged else method
+    ratio = f"-k{float(logged['student_ratio']):.2f}" if "student_ratio" in logged else ""
+    return f"t{config.get('number', 0):02d}-{kind}{ratio}"
 
 
 @dataclass

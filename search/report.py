@@ -34,6 +34,7 @@ def print_result(result: SearchResult) -> None:
     print(f"\n{len(result.frontier)} on the frontier; trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
           + (f"; hypervolume {hv:.4f}" if hv is not None else "")
           + f"\nwrote {result.run_dir / 'frontier.csv'} and {result.run_dir / 'frontier.png'}; "
-            f"MLflow: {result.tracking_uri} (parent run {result.parent_run_id})")
+            f"MLflow: {result.tracking_uri} (parent run {result.parent_run_id})\n"
+            f"to look: {result.ui}")
     if not result.finished:
         print("no trial finished: see the failures above", flush=True)

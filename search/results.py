@@ -25,6 +25,17 @@ class SearchResult:
     tracking_uri: str
     parent_run_id: str
     objectives: dict[str, str] = field(default_factory=dict)
+    experiment_id: str = ""
+
+    @property
+    def ui(self) -> str:
+        """How to see the runs in MLflow's UI: the command (for a local store) and the link."""
+        from .tracking import ui_url
+
+        uri = self.tracking_uri
+        if uri.startswith(("http://", "https://")):
+            return ui_url(uri, self.experiment_id)
+        return f"mlflow ui --backend-store-uri {uri}, then {ui_url('http://127.0.0.1:5000', self.experiment_id)}"
 
     @property
     def finished(self) -> list[TrialRecord]:
@@ -84,12 +95,13 @@ def write_frontier(run_dir: str | Path, *, cfg: SearchConfig | None = None,
     write_csv(front, run_dir / "frontier.csv")
     done = [t for t in trials if t.finished]
     teacher = (done[0].base_flops, done[0].teacher_accuracy) if done else None
-    cifar = cfg.data.name == "cifar10" or (cfg.data.name == "imagefolder" and "cifar10" in (cfg.data.root or ""))
+    d, m = cfg.prune.data, cfg.prune.model
+    cifar = d.name == "cifar10" or (d.name == "imagefolder" and "cifar10" in (d.root or ""))
     plot_frontier(trials, front, run_dir / "frontier.png", teacher=teacher,
-                  title=f"{cfg.experiment}: {cfg.model.name} on {cfg.data.name}",
-                  paper=cfg.model.name == "vgg16_cifar" and cfg.model.width == 1.0 and cifar)
+                  title=f"{cfg.experiment}: {m.name} on {d.name}",
+                  paper=m.name == "vgg16_cifar" and m.width == 1.0 and cifar)
     return SearchResult(trials, front, run_dir, state.get("tracking_uri", cfg.tracking_uri),
-                        state.get("parent_run_id", ""), dict(cfg.objectives))
+                        state.get("parent_run_id", ""), dict(cfg.objectives), state.get("experiment_id", ""))
 
 
 def load_result(run_dir: str | Path) -> SearchResult:

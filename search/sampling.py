@@ -38,28 +38,31 @@ def suggest(param: Param, trial, name: str | None = None) -> Any:
     return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)
 
 
-def sample_space(trial, space: Space) -> tuple[dict[str, Any], dict[str, Any]]:
+def sample_space(trial, space: Space, *, student_ratio: float = 0.5) -> tuple[dict[str, Any], dict[str, Any]]:
     """Define-by-run sampling. Returns (prune-config overrides by dotted path, params to log).
 
     The logged params hold what was sampled plus what it implies: the method, the TA count and every member's
     ratio. A one-shot peer (``method`` other than cascade) draws no TA ladder and no cascade-only parameter.
+    A space without the ladder's keys leaves the ratios (and the method) as the base config has them;
+    ``student_ratio`` is the student's ratio where the space does not draw it.
     """
     overrides: dict[str, Any] = {}
     logged: dict[str, Any] = {}
     method = suggest(space.get("method", "cascade"), trial)
     peer = method != "cascade"
-    num_tas = 0 if peer else int(suggest(space.get("num_tas", 0), trial))
-    student = float(suggest(space.get("student_ratio", 0.5), trial))
-    placement, free = "paper", None
-    if num_tas >= 2:  # with 0 or 1 TA every placement gives the same ladder
-        placement = suggest(space.get("placement", "paper"), trial)
-        if placement == "free":
-            frac = space.params.get("free_fraction", Param("free_fraction", "float", low=0.2, high=0.9))
-            free = [float(suggest(frac, trial, f"free_fraction_{j}_of_{num_tas}")) for j in range(1, num_tas)]
-    ratios = member_ratios(student, num_tas, placement, free)
-    overrides.update({"method": method, "cascade.ratios": ratios})
-    logged.update(method=method, num_tas=num_tas, student_ratio=student, placement=placement)
-    logged.update({f"ratio_m{i}": r for i, r in enumerate(ratios)})
+    if any(k in space.params for k in LADDER_KEYS):
+        num_tas = 0 if peer else int(suggest(space.get("num_tas", 0), trial))
+        student = float(suggest(space.get("student_ratio", student_ratio), trial))
+        placement, free = "paper", None
+        if num_tas >= 2:  # with 0 or 1 TA every placement gives the same ladder
+            placement = suggest(space.get("placement", "paper"), trial)
+            if placement == "free":
+                frac = space.params.get("free_fraction", Param("free_fraction", "float", low=0.2, high=0.9))
+                free = [float(suggest(frac, trial, f"free_fraction_{j}_of_{num_tas}")) for j in range(1, num_tas)]
+        ratios = member_ratios(student, num_tas, placement, free)
+        overrides.update({"method": method, "cascade.ratios": ratios})
+        logged.update(method=method, num_tas=num_tas, student_ratio=student, placement=placement)
+        logged.update({f"ratio_m{i}": r for i, r in enumerate(ratios)})
     for name, p in space.params.items():
         if name in LADDER_KEYS or (peer and cascade_only(name)):
             continue

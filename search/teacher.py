@@ -33,6 +33,6 @@ def teacher_on_worker(base: dict[str, Any], *, cache: str, cpus: float, gpus: fl
     try:
         return ray.get(task.remote(base, cache, gpus, cpus))
     except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, ConfigError):
-            raise e.cause from None
+        if isinstance(e.cause, ConfigError):  # a field of the search's prune section
+            raise ConfigError(f"prune.{e.cause.field}", e.cause.message) from None
         raise

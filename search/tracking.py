@@ -7,6 +7,8 @@ a tracking server (http://) is what clusters should use.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import random
 import time
@@ -18,12 +20,28 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 __all__ = ["retry", "TrialRun", "start_parent", "numeric", "fluent_uri", "EXPERIMENT_KIND", "log_parent", "close_parent",
-           "register_frontier", "log_dataset"]
+           "register_frontier", "log_dataset", "ui_url"]
 
 T = TypeVar("T")
-# MLflow 3's UI opens an experiment by this tag: without it a new experiment shows the GenAI overview
-# (traces, token usage). The value MLflow 3.17's UI reads as classic model training:
+# MLflow 3 tags an experiment's kind; older UIs open it by this tag. MLflow 3.17's UI decides by its own
+# "workflow type" instead (the URL's ?workflowType=, else the browser's last choice, GenAI by default): the
+# links we print carry it (``ui_url``).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# A view of the runs table stored in the experiment (the UI's shared views): the trials flat (not folded under
+# the parent), best validation accuracy first, the columns that matter. Opened by ``ui_url``.
+VIEW_KEY = "cascade"
+VIEW = {"searchFilter": "tags.trial LIKE 'trial_%'", "orderByKey": "metrics.`val_accuracy`", "orderByAsc": False,
+        "selectedColumns": ["attributes.`Duration`", "metrics.`val_accuracy`", "metrics.`test_accuracy`",
+                            "metrics.`flops`", "metrics.`params`", "metrics.`flops_reduction`", "params.`method`",
+                            "params.`num_tas`", "params.`student_ratio`", "params.`tau`", "params.`lambda_kd`",
+                            "params.`lr`"]}
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs in MLflow's UI at ``base`` (``mlflow ui``'s address), as model training, in the
+    stored view."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
 
 
 def retry(fn: Callable[..., T], *args, tries: int = 12, **kw) -> T:
@@ -78,6 +96,7 @@ def start_parent(uri: str, experiment: str, *, run_name: str, tags: dict[str, st
     client = MlflowClient(uri)
     exp_id = _experiment_id(client, experiment, artifact_location)
     retry(client.set_experiment_tag, exp_id, *EXPERIMENT_KIND)  # also on an experiment made elsewhere
+    retry(client.set_experiment_tag, exp_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(VIEW))
     if run_id is None:
         run = retry(client.create_run, exp_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
@@ -108,19 +127,20 @@ def close_parent(uri: str, run_id: str, *, failed: bool, stopped_runs: list[str]
     retry(client.set_terminated, run_id, status="FAILED" if failed else "FINISHED")
 
 
-def register_frontier(uri: str, name: str, frontier: list) -> dict[str, str]:
-    """Register the frontier's students as versions of one registered model per search, each with an alias
-    naming its FLOPs (``flops_1p23M``); a resumed search registers no student twice. Returns alias -> version."""
+def register_frontier(uri: str, name: str, frontier: list, *, min_val_accuracy: float) -> dict[str, str]:
+    """Register the frontier's students with at least ``min_val_accuracy`` as versions of one registered model per
+    search, each with an alias naming its FLOPs (``flops_1p23M``); a resumed search registers no student twice.
+    Returns alias -> version."""
     client = MlflowClient(uri)
     aliases = {}
     for t in frontier:
-        if not t.model_uri:
+        if not t.model_uri or t.val_accuracy < min_val_accuracy:
             continue
         known = retry(client.search_model_versions, f"name = '{name}' and run_id = '{t.mlflow_run_id}'")
         if known:
             version = known[0].version
-        else:
-            with fluent_uri(uri):
+        else:  # the fluent call resolves a logged model's URI; what it prints would land in the search's console
+            with fluent_uri(uri), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 version = retry(mlflow.register_model, t.model_uri, name).version
         alias = f"flops_{t.flops / 1e6:.2f}M".replace(".", "p")
         retry(client.set_registered_model_alias, name, alias, version)
@@ -178,14 +198,15 @@ class TrialRun:
         if batch:
             retry(self.client.log_batch, self.run_id, metrics=batch)
 
-    def log_model(self, module, input_example, code_dir: Path | None = None) -> str:
-        """Log the exported student with the PyTorch flavour; returns its model URI."""
+    def log_model(self, module, input_example, *, name: str, code_dir: Path | None = None) -> str:
+        """Log an exported member with the PyTorch flavour under ``name`` (its role and FLOPs, e.g.
+        ``student_1p23M``); returns its model URI."""
         import torch
 
         def _log():  # pickled whole: a pruned module no longer fits its class's state_dict
             with fluent_uri(self.uri), mlflow.start_run(run_id=self.run_id):
                 info = mlflow.pytorch.log_model(
-                    module, name="student", input_example=input_example, serialization_format="pickle",
+                    module, name=name, input_example=input_example, serialization_format="pickle",
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision", "torch-pruning"],
                     code_paths=[str(code_dir)] if code_dir else None)
             return info.model_uri

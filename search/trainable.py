@@ -1,4 +1,4 @@
-"""The Ray Tune trainable: a thin shell over ``cascade.prune_epochs`` (one cascade per trial).
+"""The Ray Tune trainable: a thin shell over ``cascade.run_prune`` (one run per trial), as ``cascade prune``.
 
 Per epoch: ``tune.report`` with a checkpoint, MLflow metrics on the trial's nested run. At the end: the
 exported student as a logged model and its ``record.FINAL_KEYS`` (validation accuracy, the objective; test
@@ -22,7 +22,7 @@ import cascade
 from cascade.config import PruneConfig, prune_config
 from cascade.flops import count_flops
 from cascade.teacher import get_teacher
-from cascade.train import CHECKPOINT, load_prune_data, prune_epochs
+from cascade.train import CHECKPOINT, load_prune_data, run_prune
 
 from .noise import quiet
 from .record import FINAL_KEYS, run_name
@@ -82,28 +82,28 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
         # the student's FLOPs while it trains, for the progress report: its budget (the budget is met within 1%)
         budget_flops = ((1 - cfg.cascade.ratios[0]) * count_flops(teacher, data.input_size)[0]
                         if cfg.cascade.budget == "flops" else None)
-        gen = prune_epochs(cfg, work, data=data, teacher=(teacher, ctx.teacher_accuracy), log=print)
-        step = 0
-        while True:
-            try:
-                m = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
+        last = {"step": 0}
+
+        def report(m: dict) -> None:
             # the epoch's index over both phases: a resumed trial continues the numbering, never repeats it
             finetune = m["phase"] == "finetune"
-            step = m["epoch"] + (cfg.schedule.joint_epochs if finetune else 0)
+            step = last["step"] = m["epoch"] + (cfg.schedule.joint_epochs if finetune else 0)
             run.log_metrics(m, step=step)
             # the masked (joint) or exported (fine-tune) student's validation accuracy: what ASHA compares
-            report = {**numeric(m), "phase": m["phase"], "val_accuracy": m["val_acc/m0"], "epoch_total": step,
-                      "finetune": int(finetune),
-                      "mlflow_run_id": run.run_id, **({"flops": budget_flops} if budget_flops else {})}
+            metrics = {**numeric(m), "phase": m["phase"], "val_accuracy": m["val_acc/m0"], "epoch_total": step,
+                       "finetune": int(finetune), "mlflow_run_id": run.run_id,
+                       **({"flops": budget_flops} if budget_flops else {})}
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(work / CHECKPOINT, Path(tmp) / CHECKPOINT)
-                tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+        result = run_prune(cfg, work, data=data, teacher=(teacher, ctx.teacher_accuracy), log=print,
+                           on_epoch=report)
+        step = last["step"]
         student = torch.load(work / "student.pt", weights_only=False)
         example = torch.zeros(1, *data.input_size).numpy()
-        model_uri = run.log_model(student, example, code_dir=Path(cascade.__file__).parent)
+        model_uri = run.log_model(student, example, name=f"student_{result['flops'] / 1e6:.2f}M".replace(".", "p"),
+                                  code_dir=Path(cascade.__file__).parent)
         final = {**result, "test_accuracy": result["accuracy"], "num_classes": data.num_classes}
         final = {k: final[k] for k in FINAL_KEYS}
         members = {f"member_{k}/m{i}": mm[k] for i, mm in enumerate(result["members"])

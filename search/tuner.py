@@ -18,11 +18,11 @@ __all__ = ["fit"]
 class SpaceSampler:
     """The define-by-run function handed to OptunaSearch (a class, so the searcher can be pickled)."""
 
-    def __init__(self, space: Space):
-        self.space = space
+    def __init__(self, space: Space, student_ratio: float):
+        self.space, self.student_ratio = space, student_ratio
 
     def __call__(self, trial) -> dict[str, Any]:
-        overrides, logged = sample_space(trial, self.space)
+        overrides, logged = sample_space(trial, self.space, student_ratio=self.student_ratio)
         return {"overrides": overrides, "logged": logged, "number": trial.number}
 
 
@@ -69,15 +69,17 @@ def fit(cfg: SearchConfig, ctx: TrialContext, *, journal: Path, callbacks: list,
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     searcher = _full_budget_searcher()(
-        space=SpaceSampler(cfg.parsed_space()), metric=metrics[0] if single else metrics,
+        space=SpaceSampler(cfg.parsed_space, cfg.prune.cascade.ratios[0]), metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes, study_name=cfg.experiment, storage=storage,
         sampler=make_sampler(cfg.sampler.name, seed=cfg.seed, n_startup_trials=cfg.sampler.n_startup_trials))
+    if searcher._ot_study is not None and not single:  # optuna-dashboard then names the objectives
+        searcher._ot_study.set_metric_names(metrics)
     scheduler = None
     if cfg.scheduler.name == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
         scheduler = ASHAScheduler(metric=metrics[0], mode=modes[0], time_attr="epoch_total",
-                                  max_t=cfg.budget.joint_epochs + cfg.budget.finetune_epochs,
+                                  max_t=cfg.epochs,
                                   grace_period=cfg.scheduler.grace_period,
                                   reduction_factor=cfg.scheduler.reduction_factor)
     tuner = tune.Tuner(

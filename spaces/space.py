@@ -23,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cascade.config import METHODS, ConfigError, as_number
+from cascade.config import METHODS, ConfigError, PruneConfig, as_number, schema_paths
 
 from .ratios import PLACEMENTS
 
-__all__ = ["Param", "Space", "parse_space", "ALIASES", "LADDER_KEYS", "SPEC_KEYS", "cascade_only"]
+__all__ = ["Param", "Space", "parse_space", "ALIASES", "LADDER_KEYS", "SPEC_KEYS", "cascade_only", "space_targets"]
 
 ALIASES = {"tau": "loss.tau", "lambda_kd": "loss.lambda_kd", "lambda_h": "loss.lambda_h", "lr": "optim.lr",
            "score_lr": "optim.score_lr"}
@@ -35,6 +35,16 @@ LADDER_KEYS = ("method", "num_tas", "student_ratio", "placement", "free_fraction
 # prune-config paths that only the cascade reads (a one-shot peer has no scores to train and one member)
 CASCADE_ONLY = ("optim.score_", "cascade.score_init", "cascade.route_scores", "loss.student_weight",
                 "loss.own_grads")
+
+
+def space_targets(name: str) -> list[str]:
+    """The prune-config paths a space parameter sets: the ladder's keys the ratios (and ``method`` the method),
+    an alias its path, any other name itself."""
+    if name == "method":
+        return ["method", "cascade.ratios"]
+    if name in LADDER_KEYS:
+        return ["cascade.ratios"]
+    return [ALIASES.get(name, name)]
 
 
 def cascade_only(name: str) -> bool:
@@ -121,11 +131,14 @@ def parse_space(data: Any, path: str = "space") -> Space:
     """Validate a space mapping; every error names its YAML path."""
     if not isinstance(data, dict) or not data:
         raise ConfigError(path, "expected a non-empty mapping of parameter name -> value spec")
+    known = schema_paths(PruneConfig)
+    for key in data:  # the name first: a misspelt one is unknown, whatever its spec says
+        key = str(key)
+        if key not in LADDER_KEYS and key not in ALIASES and key not in known:
+            raise ConfigError(f"{path}.{key}", f"unknown parameter (expected one of "
+                                              f"{', '.join(LADDER_KEYS + tuple(ALIASES))}, or a prune-config path "
+                                              f"such as optim.weight_decay: `cascade config prune` lists them)")
     space = Space({str(k): _parse_param(str(k), v, f"{path}.{k}") for k, v in data.items()})
-    for key, p in space.params.items():
-        if key not in LADDER_KEYS and key not in ALIASES and "." not in key:
-            raise ConfigError(f"{path}.{key}", f"unknown parameter (expected {', '.join(LADDER_KEYS + tuple(ALIASES))}"
-                                              f" or a prune-config path such as optim.weight_decay)")
     for v in space.get("method", "cascade").bounds():
         if v not in METHODS:
             raise ConfigError(f"{path}.method", f"unknown method {v!r} (expected {', '.join(METHODS)})")

@@ -60,7 +60,8 @@ def tiny_teacher(tmp_path_factory) -> str:
 
     from test_scale import TINY as SEARCH  # the searches this teacher serves
 
-    cfg = load_prune_config(None, [f"model.width={SEARCH['model.width']}", f"teacher.epochs={SEARCH['teacher.epochs']}",
+    cfg = load_prune_config(None, [f"model.width={SEARCH['prune.model.width']}",
+                                   f"teacher.epochs={SEARCH['prune.teacher.epochs']}",
                                    "data.batch_size=64"])
     cache = str(tmp_path_factory.mktemp("tiny-teacher"))
     get_teacher(cfg, load_prune_data(cfg), resolve_device("cpu"), log=lambda s: None, cache=cache)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.cli import main
+from cascade_cli import main
 
 CORPUS = Path(__file__).resolve().parent / "bad_configs"
 
@@ -46,9 +46,10 @@ def test_teacher_for_another_data_set_in_a_search(tmp_path, capsys, local_ray):
     from cascade import create_model
 
     torch.save(create_model("vgg16_cifar", num_classes=100, width=0.25), tmp_path / "t100.pt")
-    code, err = _run(["search", str(CORPUS.parents[1] / "spaces" / "smoke.yaml"), "--set",
-                      f"teacher.checkpoint={tmp_path / 't100.pt'}", "--set", f"results_dir={tmp_path / 'r'}"], capsys)
-    assert code == 2 and err[0].startswith("error: teacher.checkpoint: the teacher predicts 100 classes")
+    code, err = _run(["search", str(CORPUS.parents[1] / "configs" / "smoke.yaml"), "--set",
+                      f"prune.teacher.checkpoint={tmp_path / 't100.pt'}", "--set", f"results_dir={tmp_path / 'r'}"],
+                     capsys)
+    assert code == 2 and err[0].startswith("error: prune.teacher.checkpoint: the teacher predicts 100 classes")
     assert not (tmp_path / "r").exists()
 
 

@@ -127,9 +127,9 @@ def test_the_readmes_job_submit_command_runs_verbatim_on_two_nodes_with_shared_s
     dashboard, env, _ = two_nodes
     project = tmp_path / "project"
     project.mkdir()
-    for name in ("cascade", "search", "spaces"):
+    for name in ("cascade", "search", "spaces", "configs"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "cascade_cli.py"):
         shutil.copy2(ROOT / name, project / name)
     shared = tmp_path / "shared"
     command = readme_submit_command()
@@ -153,8 +153,8 @@ def test_the_readmes_job_submit_command_runs_verbatim_on_two_nodes_with_shared_s
 def test_lost_worker_node_trials_are_rescheduled(two_nodes, tmp_path, tiny_teacher):
     """Kill the worker node's raylet mid-trial: its trial is retried (from its checkpoint) on the head."""
     dashboard, env, temp = two_nodes
-    job = submit(dashboard, env, {**TINY, "teacher.checkpoint": tiny_teacher, "num_trials": 2, "concurrency": 2,
-                                  "resources.cpu": 1, "max_retries": 2, "budget.joint_epochs": 3,
+    job = submit(dashboard, env, {**TINY, "prune.teacher.checkpoint": tiny_teacher, "num_trials": 2, "concurrency": 2,
+                                  "resources.cpu": 1, "max_retries": 2, "prune.schedule.joint_epochs": 3,
                                   "results_dir": str(tmp_path)}, wait=False)
     assert job.returncode == 0, job.stderr[-2000:]
     job_id = re.search(r"raysubmit_\w+", job.stdout + job.stderr).group(0)

@@ -4,7 +4,7 @@ compact failure summary, the parent run FAILED. (Failing trials among finishing 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.cli import main
+from cascade_cli import main
 from search.record import read_trials
 from test_scale import SMOKE, TINY
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
 def test_a_search_where_every_trial_fails_exits_1_with_a_failure_summary(tmp_path, capfd, local_ray,
                                                                           tiny_teacher):
     args = ["search", str(SMOKE), "--set", f"results_dir={tmp_path}", "--set", "num_trials=2",
-            "--set", "space.lr=1e6", "--set", f"teacher.checkpoint={tiny_teacher}"]
+            "--set", "space.lr=1e6", "--set", f"prune.teacher.checkpoint={tiny_teacher}"]
     for k, v in TINY.items():
         args += ["--set", f"{k}={v}"]
     assert main(args) == 1

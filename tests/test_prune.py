@@ -115,9 +115,9 @@ def test_wrong_class_count_teacher_fails_before_training(tmp_path, capsys):
 
 
 def test_console_script_exit_code(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "search.cli", "prune", "--set", "loss.tau=-1", "--out", str(tmp_path)],
+    p = subprocess.run([sys.executable, "-m", "cascade_cli", "prune", "--set", "loss.tau=-1", "--out", str(tmp_path)],
                        capture_output=True, text=True)
-    assert p.returncode == 2 and p.stderr.strip() == "error: loss.tau: expected > 0, got -1.0"
+    assert p.returncode == 2 and p.stderr.strip() == "error: loss.tau: expected > 0, got -1"
 
 
 def test_lr_schedule_restarts_with_decay():

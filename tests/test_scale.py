@@ -14,10 +14,11 @@ from mlflow.tracking import MlflowClient
 
 from search import run_search
 
-SMOKE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 # a search small enough for a test: VGG16 at 1/8 width, a 2-epoch teacher (or conftest's tiny_teacher), 1 + 1
 # epochs a trial
-TINY = {"model.width": 0.125, "teacher.epochs": 2, "budget.joint_epochs": 1, "budget.finetune_epochs": 1,
+TINY = {"prune.model.width": 0.125, "prune.teacher.epochs": 2, "prune.schedule.joint_epochs": 1,
+        "prune.schedule.finetune_epochs": 1,
         "sampler.name": "random"}
 
 pytestmark = pytest.mark.slow  # real Ray, MLflow and training runs
@@ -76,7 +77,7 @@ def test_concurrent_trials_log_to_a_tracking_server_and_diverging_ones_fail_clea
     """Four trials, two at a time, through one server. Those whose learning rate makes the loss NaN are FAILED
     in MLflow with their error, FAIL in Optuna (not COMPLETE), off the frontier, and stop no other trial."""
     url, artifacts = mlflow_server
-    r = run_search(SMOKE, {**TINY, "teacher.checkpoint": tiny_teacher, "num_trials": 4, "concurrency": 2, "seed": 3,
+    r = run_search(SMOKE, {**TINY, "prune.teacher.checkpoint": tiny_teacher, "num_trials": 4, "concurrency": 2, "seed": 3,
                            "space.lr": {"choices": [0.01, "1e6"]}, "results_dir": str(tmp_path / "res"),
                            "mlflow.tracking_uri": url})
     bad = [t for t in r.trials if t.config["lr"] == 1e6]

@@ -1,7 +1,9 @@
 """A real search end to end: local Ray, MLflow in SQLite under a temp dir, the smoke space; four trials at
 once, so four processes write the one SQLite store concurrently."""
+import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import optuna
@@ -11,14 +13,16 @@ from mlflow.tracking import MlflowClient
 
 from cascade.engine import evaluate, resolve_device
 from cascade.train import load_prune_data
+from cascade_cli import main
 from search import load_config, run_search
-from search.cli import main
 from search.config import trial_prune_config
 from search.frontier import pareto_front
+from search.tracking import VIEW_KEY
 from test_scale import SMOKE
 
-FAST = {"num_trials": 4, "concurrency": 4, "resources.cpu": 0.5, "teacher.epochs": 2,
-        "budget.joint_epochs": 1, "budget.finetune_epochs": 1}
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"num_trials": 4, "concurrency": 4, "resources.cpu": 0.5, "prune.teacher.epochs": 2,
+        "prune.schedule.joint_epochs": 1, "prune.schedule.finetune_epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +77,19 @@ def test_optuna_optimised_validation_accuracy_and_knows_each_mlflow_run(smoke):
         t = by_run[ot.user_attrs["mlflow_run_id"]]
         assert ot.values == [t.val_accuracy, t.flops]  # the objective is validation, never test
         assert t.name.startswith(f"t{ot.number:02d}-")
+    assert study.metric_names == ["val_accuracy", "flops"]  # optuna-dashboard names the objectives
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium here (apt-get install chromium)")
+def test_mlflow_ui_opens_on_the_trials_in_a_fresh_browser(smoke):
+    """bench/mlflow_ui_check.py: `mlflow ui` on the store, the printed link in a fresh headless Chromium: the runs
+    as model training (not the GenAI overview), the trials listed flat, the metric columns shown."""
+    spec = importlib.util.spec_from_file_location("ui", ROOT / "bench" / "mlflow_ui_check.py")
+    ui = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ui)
+    seen = ui.check(smoke.run_dir)
+    assert sorted(seen["trial_names"]) == sorted(t.name for t in smoke.trials)
 
 
 @pytest.mark.slow
@@ -90,9 +107,13 @@ def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
     artifacts = {a.path for a in client.list_artifacts(smoke.parent_run_id)}
     assert {"frontier.csv", "frontier.png", "search.yaml"} <= artifacts
     versions = client.search_model_versions("name = 'cascade-smoke'")
-    assert len(versions) == len(smoke.frontier)
+    registered = [t for t in smoke.frontier if t.val_accuracy >= 100 / 10 + 10]  # chance + 10 points
+    assert len(versions) == len(registered)
     aliases = {a for v in versions for a in client.get_model_version("cascade-smoke", v.version).aliases}
-    assert aliases == {f"flops_{t.flops / 1e6:.2f}M".replace(".", "p") for t in smoke.frontier}
+    assert aliases == {f"flops_{t.flops / 1e6:.2f}M".replace(".", "p") for t in registered}
+    names = {m.name for m in client.search_logged_models(experiment_ids=[parent.info.experiment_id])}
+    assert names == {f"student_{t.flops / 1e6:.2f}M".replace(".", "p") for t in smoke.trials}  # not all "student"
+    assert f"mlflow.sharedViewState.{VIEW_KEY}" in exp.tags
     runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{smoke.parent_run_id}'")
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)  # no write lost to SQLite locks
     assert {r.info.run_name for r in runs} == {t.name for t in smoke.trials}
@@ -124,7 +145,7 @@ def test_frontier_is_the_non_dominated_set_of_finished_trials_on_validation(smok
 def test_logged_student_loads_and_reproduces_its_accuracies(smoke):
     t = smoke.frontier[0]
     model = smoke.load_model(t)
-    cfg = trial_prune_config(load_config(smoke.run_dir / "search.yaml"), t.overrides)
+    cfg = trial_prune_config(load_config(smoke.run_dir / "search.yaml", stored=True), t.overrides)
     data = load_prune_data(cfg)
     assert evaluate(model, data.test, resolve_device("cpu")) == pytest.approx(t.test_accuracy, abs=1e-6)
     assert evaluate(model, data.val, resolve_device("cpu")) == pytest.approx(t.val_accuracy, abs=1e-6)
@@ -155,9 +176,9 @@ def test_frontier_command_reprints_the_table_without_the_data(smoke, tmp_path, c
     ("scheduler.name=asha", "scheduler.name"),
     ("space.tau={low: 3.0, high: 1.0}", "space.tau"),
     ("space.lr={low: -1.0, high: 0.1}", "space.lr"),
-    ("budget.joint_epochs=0", "budget.joint_epochs"),
-    ("model.name=vgg99", "model.name"),
-    ("data.name=imagefolder", "data.root"),
+    ("prune.schedule.joint_epochs=0", "prune.schedule.joint_epochs"),
+    ("prune.model.name=vgg99", "prune.model.name"),
+    ("prune.data.name=imagefolder", "prune.data.root"),
     ("concurrency=two", "concurrency"),
     ("surprise=1", "surprise"),
 ])
@@ -179,8 +200,8 @@ def test_invalid_yaml_is_reported(tmp_path, capsys):
 def test_shipped_spaces_validate(name, tmp_path):
     for d in ("train", "val"):
         (tmp_path / d).mkdir()
-    cfg = load_config(SMOKE.parent / f"{name}.yaml", [f"data.root={tmp_path}"] if name == "imagenet_resnet50" else [])
-    assert cfg.num_trials >= 1 and cfg.parsed_space().max_tas >= 1
+    cfg = load_config(SMOKE.parent / f"{name}.yaml", [f"prune.data.root={tmp_path}"] if name == "imagenet_resnet50" else [])
+    assert cfg.num_trials >= 1 and cfg.parsed_space.max_tas >= 1
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path, capsys, ray_forbidden):
@@ -193,12 +214,12 @@ def test_unreachable_tracking_server_fails_fast(tmp_path, capsys, ray_forbidden)
     assert not (tmp_path / "r").exists()
 
 
-def test_set_reaches_into_fixed_and_space_and_print_config_shows_it(tmp_path, capsys):
+def test_set_reaches_into_prune_and_space_and_print_config_shows_it(tmp_path, capsys):
     assert main(["search", str(SMOKE), "--set", f"results_dir={tmp_path / 'r'}",
-                 "--set", "fixed.optim.weight_decay=1e-3", "--set", "space.tau.high=30",
+                 "--set", "prune.optim.weight_decay=1e-3", "--set", "space.tau.high=30",
                  "--set", "space.optim.momentum={low: 0.8, high: 0.95}", "--print-config"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["fixed"] == {"loss.hint_layers": 3, "optim.weight_decay": 1e-3}
+    assert cfg["prune"]["optim"]["weight_decay"] == 1e-3 and cfg["prune"]["model"]["width"] == 0.125
     assert cfg["space"]["tau"] == {"low": 2.0, "high": 30, "log": True}
     assert cfg["space"]["optim.momentum"] == {"low": 0.8, "high": 0.95}
     assert cfg["results_dir"] == str(tmp_path / "r")
@@ -206,6 +227,20 @@ def test_set_reaches_into_fixed_and_space_and_print_config_shows_it(tmp_path, ca
     # and a bad value there is caught like any other, naming its path
     assert main(["search", str(SMOKE), "--set", "space.tau.low=0", "--print-config"]) == 2
     assert capsys.readouterr().err.startswith("error: space.tau.low:")
+
+
+@pytest.mark.parametrize("override,field,says", [
+    ("prune.optim.lr=1e9", "space.lr", "also fixed by prune.optim.lr"),          # fixed and searched
+    ("prune.cascade.ratios=[0.5,0.0]", "space.num_tas", "also fixed by prune.cascade.ratios"),
+    ("space.tua.high=3", "space.tua", "unknown parameter"),                       # not "low is missing"
+    ("space.optim.wd={low: 0.1, high: 0.2}", "space.optim.wd", "unknown parameter"),
+])
+def test_one_value_one_place_and_unknown_parameters_are_named(override, field, says, tmp_path, capsys,
+                                                              ray_forbidden):
+    assert main(["search", str(SMOKE), "--set", f"results_dir={tmp_path / 'r'}", "--set", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {field}:") and says in err[0], err
+    assert not (tmp_path / "r").exists()
 
 
 def test_relative_paths_inside_a_ray_job_working_dir_are_refused(tmp_path):
