@@ -353,7 +353,8 @@ def markdown(rep: dict) -> str:
             continue
         plain = next(r for r in rows if r["step"] == "plain")
         lines += ["", f"Steps at batch {rows[0]['batch']} (eager; plain {plain['ms']:.2f} ms):", "",
-                  "| members | budget | ms | masks ms (share) | per-member throughput vs plain |", "|---|---|---|---|---|"]
+                  "| members | budget | ms | masks ms (share) | per-member throughput vs plain |",
+                  "|---|---|---|---|---|"]
         for r in rows:
             if r["step"] != "plain":
                 lines.append(f"| {r['step'].split('=')[1]} | {r['budget']} | {r['ms']:.2f} | "

@@ -59,6 +59,7 @@ VARIANTS = {
     "score_cosine": ["optim.score_schedule=cosine"],
     "shared_own_grads": ["loss.own_grads=shared"],
     "filters_budget": ["cascade.budget=filters"],   # the paper's k: a fraction of the filters
+    "taylor_signal": ["cascade.score_signal=taylor"],  # scores from the accumulated |gradient| per FLOP
     "ta_teacher": [],                               # controls: see the module's docstring
     "cascade_widths": [],
 }

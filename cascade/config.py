@@ -259,6 +259,9 @@ class CascadeConfig:
                                    "an ablation)")
     round_to: int = opt(1, "keep a multiple of this many channels per layer (8: faster on most hardware)", ge=1)
     prune_stem: bool = opt(True, "each member's stem filters are pruned too (false: the paper's whole stem)")
+    score_signal: Literal["gradient", "taylor"] = opt("gradient", "gradient: the scores follow the routed STE "
+                                                                  "gradient (the paper's); taylor: the running mean "
+                                                                  "of its magnitude per unit of filter cost")
 
 
 @dataclass

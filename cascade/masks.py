@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["keep_count", "straight_through", "route_to_teacher", "jaccard", "spearman", "GradientMoments"]
+__all__ = ["keep_count", "straight_through", "route_to_teacher", "jaccard", "spearman", "GradientMoments",
+           "TaylorSaliency"]
 
 
 def keep_count(ratio: float, total: int, min_keep: int = 1) -> int:
@@ -68,3 +69,30 @@ class GradientMoments:
         std = (self.sq / self.n - mean * mean).clamp_min(0).sqrt()
         snr = mean.abs() / std.clamp_min(1e-30)
         return snr.clamp_min(1e-30).log10().median(1).values.tolist()
+
+
+class TaylorSaliency:
+    """``cascade.score_signal: taylor``: a member's scores become the running mean of |dL/dmask| it receives (the
+    routed gradient: for a kept filter, the first-order estimate of the loss its removal costs; for a masked one,
+    of what adding it gains), per unit of each filter's cost, so one global threshold ranks importance per FLOP.
+    A magnitude accumulates where the signed gradient averages out to noise. The scores move from their start
+    to it over ``warmup`` steps. ``start`` (N, F), ``cost`` (F,) > 0; state on the scores' device."""
+
+    def __init__(self, start: torch.Tensor, cost: torch.Tensor, warmup: int):
+        self.start, self.cost, self.warmup = start.detach().clone(), cost.to(start), max(1, warmup)
+        self.sum, self.n = torch.zeros_like(self.start), 0
+
+    @torch.no_grad()
+    def update(self, scores: torch.Tensor, grad: torch.Tensor) -> None:
+        self.sum += grad.abs()
+        self.n += 1
+        per_cost = self.sum / self.cost
+        saliency = per_cost / per_cost.mean(1, keepdim=True).clamp_min(1e-30) * self.start.mean(1, keepdim=True)
+        a = min(1.0, self.n / self.warmup)
+        scores.copy_((1 - a) * self.start + a * saliency)
+
+    def state_dict(self) -> dict:
+        return {"start": self.start, "sum": self.sum, "n": self.n}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.start, self.sum, self.n = d["start"].to(self.start), d["sum"].to(self.sum), d["n"]

@@ -8,6 +8,8 @@ out member-minor: image b of member n is row b*N + n of the (B*N, C, H, W) activ
 - the N BatchNorms of a layer are ONE batch-norm over the free view (B, N*C, H, W), the member masks folded
   into its affine weight and bias (a masked channel is exactly zero: no BN shift leaks);
 - the head is one batched matmul over the (B, N, F) view.
+
+The member modules are in ``member_ops``, reading the model in ``introspect``, plain models in ``export``.
 """
 from __future__ import annotations
 
@@ -15,160 +17,17 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .budget import CostModel, _Layout, fill, group_counts, threshold_masks
 from .config import BUDGETS, SCORE_INITS
+from .export import plain_member
 from .flops import trace_layers
 from .groups import BN_TYPES, PruneGroup, check_has_batchnorm, find_groups, remove_channels
+from .introspect import drop_train_only_heads, hint_points, set_module
 from .masks import keep_count, route_to_teacher, straight_through
+from .member_ops import PASS_ZERO, MemberBN, MemberHead, MemberStem, main_output
 
-__all__ = ["CascadeNet", "MemberBN", "MemberStem", "MemberHead", "validate_cascade", "SCORE_INITS", "apply_decisions",
-           "main_output"]
-
-
-def main_output(out):
-    """The logits of a model whose train-mode output also carries auxiliary heads (GoogLeNet, Inception)."""
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-class _ClampPassZero(torch.autograd.Function):
-    """clamp(x, lo, hi) whose backward also passes the gradient at the bounds (a valid subgradient).
-
-    Saves a bool tensor (1 byte an element), not x."""
-
-    @staticmethod
-    def forward(ctx, x, lo, hi):
-        keep = (x >= lo) if hi is None else (x >= lo) & (x <= hi)
-        ctx.save_for_backward(keep)
-        return x.clamp(lo, hi)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
-        return grad * keep, None, None
-
-
-class ReLUPassZero(nn.ReLU):
-    """The members' ReLU. A masked channel is exactly 0, and torch's relu'(0) = 0 would cut its mask off from
-    any gradient; passing it at 0 gives the straight-through gradient the method needs (sum of dL/dY_n *
-    unmasked output_n), so a pruned filter can come back. Same forward as nn.ReLU. (Hardswish, SiLU and GELU
-    already have a non-zero slope at 0.)"""
-
-    def forward(self, x):
-        return _ClampPassZero.apply(x, 0.0, None)
-
-
-class ReLU6PassZero(nn.ReLU6):
-    """ReLU6 with the gradient passed at 0 (and 6), for the same reason as ``ReLUPassZero``."""
-
-    def forward(self, x):
-        return _ClampPassZero.apply(x, 0.0, 6.0)
-
-
-_PASS_ZERO = {nn.ReLU: ReLUPassZero, nn.ReLU6: ReLU6PassZero}
-
-
-class MemberBN(nn.Module):
-    """N BatchNorms as one: (B*N, C, ...) viewed as (B, N*C, ...), parameters and statistics stacked per member.
-
-    ``mask`` (N*C,), set by CascadeNet before each forward, multiplies the affine weight and bias, so a masked
-    channel is exactly 0 and its gradient is the straight-through one: dL/dmask = sum of dL/dY * BN(x)."""
-
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, n: int):
-        super().__init__()
-        self.n, self.num_features, self.eps, self.momentum = n, bn.num_features, bn.eps, bn.momentum
-        self.kind = type(bn)
-        self.weight = nn.Parameter(bn.weight.detach().repeat(n)) if bn.affine else None
-        self.bias = nn.Parameter(bn.bias.detach().repeat(n)) if bn.affine else None
-        stats = bn.running_mean is not None
-        self.register_buffer("running_mean", bn.running_mean.repeat(n) if stats else None)
-        self.register_buffer("running_var", bn.running_var.repeat(n) if stats else None)
-        self.register_buffer("num_batches_tracked", bn.num_batches_tracked.clone() if stats else None)
-        self.mask: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        view = x.reshape(x.shape[0] // self.n, self.n * self.num_features, *x.shape[2:])  # free if contiguous
-        w, b = self.weight, self.bias
-        if self.mask is not None:
-            w = self.mask if w is None else w * self.mask
-            b = None if b is None else b * self.mask
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative average, as nn.BatchNorm
-                factor = 1.0 / float(self.num_batches_tracked)
-        training = self.training or self.running_mean is None
-        return F.batch_norm(view, self.running_mean, self.running_var, w, b, training, factor, self.eps).view(x.shape)
-
-    def member(self, i: int) -> nn.Module:
-        """Member i's BatchNorm as a plain module of the original type."""
-        c = self.num_features
-        bn = self.kind(c, eps=self.eps, momentum=self.momentum, affine=self.weight is not None,
-                       track_running_stats=self.running_mean is not None).to(self._device())
-        with torch.no_grad():
-            if self.weight is not None:
-                bn.weight.copy_(self.weight[i * c:(i + 1) * c])
-                bn.bias.copy_(self.bias[i * c:(i + 1) * c])
-            if self.running_mean is not None:
-                bn.running_mean.copy_(self.running_mean[i * c:(i + 1) * c])
-                bn.running_var.copy_(self.running_var[i * c:(i + 1) * c])
-                bn.num_batches_tracked.copy_(self.num_batches_tracked)
-        return bn
-
-    def _device(self):
-        return next(self.buffers()).device
-
-
-class MemberStem(nn.Module):
-    """N stems as one conv with N*C_out filters: (B, C_in, H, W) -> (B*N, C_out, H', W'), member-minor."""
-
-    def __init__(self, conv: nn.Conv2d, n: int):
-        super().__init__()
-        self.n, self.out_channels = n, conv.out_channels
-        self.conv = copy.deepcopy(conv)
-        self.conv.weight = nn.Parameter(conv.weight.detach().repeat(n, 1, 1, 1))
-        if conv.bias is not None:
-            self.conv.bias = nn.Parameter(conv.bias.detach().repeat(n))
-        self.conv.out_channels = n * conv.out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)  # (B, N*C_out, H', W')
-        return y.reshape(y.shape[0] * self.n, self.out_channels, *y.shape[2:])
-
-    def member(self, i: int) -> nn.Conv2d:
-        c = self.out_channels
-        conv = copy.deepcopy(self.conv)
-        conv.out_channels = c
-        conv.weight = nn.Parameter(self.conv.weight.detach()[i * c:(i + 1) * c].clone())
-        if self.conv.bias is not None:
-            conv.bias = nn.Parameter(self.conv.bias.detach()[i * c:(i + 1) * c].clone())
-        return conv
-
-
-class MemberHead(nn.Module):
-    """N linear heads as one batched matmul: (B*N, F) -> (B*N, K), member-minor."""
-
-    def __init__(self, linear: nn.Linear, n: int):
-        super().__init__()
-        self.n = n
-        self.weight = nn.Parameter(linear.weight.detach().repeat(n, 1, 1))                 # (N, K, F)
-        self.bias = nn.Parameter(linear.bias.detach().repeat(n, 1)) if linear.bias is not None else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.einsum("bnf,nkf->bnk", x.reshape(-1, self.n, x.shape[-1]), self.weight)  # (B, N, K)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(-1, y.shape[-1])
-
-    def member(self, i: int) -> nn.Linear:
-        k, f = self.weight.shape[1:]
-        lin = nn.Linear(f, k, bias=self.bias is not None).to(self.weight.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.weight[i])
-            if self.bias is not None:
-                lin.bias.copy_(self.bias[i])
-        return lin
+__all__ = ["CascadeNet", "validate_cascade"]
 
 
 def validate_cascade(ratios: list[float], *, budget: str, score_init: str, round_to: int) -> None:
@@ -190,11 +49,6 @@ def validate_cascade(ratios: list[float], *, budget: str, score_init: str, round
     for i in range(1, len(ratios)):
         if not ratios[i] < ratios[i - 1]:
             raise ValueError(f"ratios[{i}]: member ratios must decrease strictly from the student's, got {ratios}")
-
-
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
 class CascadeNet(nn.Module):
@@ -219,7 +73,7 @@ class CascadeNet(nn.Module):
         self.input_size = tuple(example_input.shape[1:])
         body = copy.deepcopy(model).cpu().eval()
         example_input = example_input[:1].cpu()
-        self.dropped_heads = _drop_train_only_heads(body, example_input)
+        self.dropped_heads = drop_train_only_heads(body, example_input)
         calls = trace_layers(body, example_input)
         (self.stem_name, stem, _), (self.head_name, head, _) = calls[0], calls[-1]
         if not isinstance(stem, nn.Conv2d) or stem.groups != 1:
@@ -280,15 +134,15 @@ class CascadeNet(nn.Module):
         for gi, g in enumerate(self.groups):
             for bn, roots in g.bns:
                 bn_index[bn][torch.tensor(g.bn_positions[bn])] = torch.tensor(roots) + offsets[gi]
-        self.hint_points = _hint_points(body, example_input, hint_layers) if hint_layers > 0 else []
+        self.hint_points = hint_points(body, example_input, hint_layers) if hint_layers > 0 else []
 
         for name, m in list(body.named_modules()):
-            if type(m) in _PASS_ZERO:
-                _set_module(body, name, _PASS_ZERO[type(m)](inplace=m.inplace))
+            if type(m) in PASS_ZERO:
+                set_module(body, name, PASS_ZERO[type(m)](inplace=m.inplace))
             elif isinstance(m, BN_TYPES):
-                _set_module(body, name, MemberBN(m, n))
-        _set_module(body, self.stem_name, MemberStem(stem, n))
-        _set_module(body, self.head_name, MemberHead(head, n))
+                set_module(body, name, MemberBN(m, n))
+        set_module(body, self.stem_name, MemberStem(stem, n))
+        set_module(body, self.head_name, MemberHead(head, n))
         self.body = body
         self._bns = [(body.get_submodule(name), name) for name in bn_index]
         for i, idx_ in enumerate(bn_index.values()):  # (C_bn,) flat filter of each channel, as buffers (device)
@@ -413,15 +267,7 @@ class CascadeNet(nn.Module):
 
     def plain_member(self, i: int) -> nn.Module:
         """Member i as the original architecture at full width (its stem, BNs and head), unpruned."""
-        plain = copy.deepcopy(self.body)
-        for name, m in list(plain.named_modules()):
-            if isinstance(m, (MemberBN, MemberStem, MemberHead)):
-                _set_module(plain, name, m.member(i))
-            elif type(m) in (ReLUPassZero, ReLU6PassZero):
-                _set_module(plain, name, type(m).__mro__[1](inplace=m.inplace))
-        for name in self.hint_names:
-            plain.get_submodule(name)._forward_hooks.clear()
-        return plain
+        return plain_member(self.body, i, self.hint_names)
 
     def export(self, i: int = 0, fill: bool = True) -> nn.Module:
         """Member i as a plain, physically smaller ``nn.Module`` (Torch-Pruning removes the filters,
@@ -457,85 +303,3 @@ class CascadeNet(nn.Module):
                         "budget_used": achieved / self.targets[i] if self.budget != "filters" else None,
                         "kept_channels": {g.root: int(kept[gi][i].sum()) for gi, g in enumerate(self.groups)}})
         return out
-
-
-def _forward_once(model: nn.Module, example_input: torch.Tensor, hooks: list) -> None:
-    """One no-grad forward with the given hook handles in place, removed afterwards."""
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def _drop_train_only_heads(body: nn.Module, example_input: torch.Tensor) -> list[str]:
-    """Remove the auxiliary heads that only training runs (GoogLeNet's aux1/aux2, Inception's AuxLogits): the
-    cascade's loss reads the main logits only, so they would cost compute, BN statistics and student size.
-    A head is a child module with weights that an eval forward never calls; it is set to None where the
-    model's train-mode forward then still runs (torchvision checks ``head is not None``), and kept otherwise."""
-    called: set[nn.Module] = set()
-    _forward_once(body, example_input, [m.register_forward_hook(lambda m, i, o: called.add(m)) for m in body.modules()])
-    dropped = []
-    for name, m in list(body.named_modules()):
-        if not name or m in called or any(name.startswith(d + ".") for d in dropped):
-            continue
-        parent_name, _, leaf = name.rpartition(".")
-        parent = body.get_submodule(parent_name) if parent_name else body
-        if parent in called and any(True for _ in m.parameters()):
-            setattr(parent, leaf, None)
-            try:
-                with torch.no_grad():
-                    body.train()(example_input.expand(2, *example_input.shape[1:]))
-                dropped.append(name)
-            except Exception:
-                setattr(parent, leaf, m)
-            finally:
-                body.eval()
-    return dropped
-
-
-def _hint_points(body: nn.Module, example_input: torch.Tensor, k: int) -> list[tuple[str, str]]:
-    """The last ``k`` blocks, as (module, BatchNorm whose channels its output carries), in forward order.
-
-    A block is a module held in a container (Sequential, ModuleList, ModuleDict) that is not a container
-    itself, contains a BatchNorm, and has no such block above it: VGG's conv layers (their BNs), ResNet's
-    residual blocks, MobileNet's inverted residuals. Its output must carry the channels of its last-run
-    BatchNorm of the same width (so a pruned member's kept channels there are known); others are skipped."""
-    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-    names = {m: n for n, m in body.named_modules()}
-    blocks = set()
-    for parent in body.modules():
-        if isinstance(parent, containers):
-            for child in parent.children():
-                if not isinstance(child, containers) and any(isinstance(m, BN_TYPES) for m in child.modules()):
-                    blocks.add(names[child])
-    blocks = {b for b in blocks if not any(b.startswith(o + ".") for o in blocks)}  # outermost only
-    done: list[tuple[str, int]] = []  # (block, output channels) in completion order
-    bn_calls: list[str] = []
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: bn_calls.append(n))
-             for n, m in body.named_modules() if isinstance(m, BN_TYPES)]
-    hooks += [body.get_submodule(b).register_forward_hook(
-              lambda m, i, o, b=b: done.append((b, o.shape[1]) if torch.is_tensor(o) and o.dim() >= 2 else (b, -1)))
-              for b in blocks]
-    _forward_once(body, example_input, hooks)
-    points = []
-    for block, channels in done:
-        bns = [n for n in bn_calls if (n == block or n.startswith(block + "."))
-               and body.get_submodule(n).num_features == channels]
-        if bns:
-            points.append((block, bns[-1]))
-    return points[-k:]
-
-
-def apply_decisions(model: nn.Module, decisions: dict[str, list[int]], input_size: tuple[int, ...]) -> nn.Module:
-    """Physically prune a fresh copy of the architecture ``model`` in place so each named root conv keeps only
-    the listed output channels (``result.json``'s decisions): the groups are found again, then removed."""
-    example = torch.zeros(1, *input_size, device=next(model.parameters()).device)
-    was_training = model.training
-    calls = trace_layers(model.eval(), example)
-    # the head is never pruned; the stem's group is found either way and kept only when the decisions name it
-    # (a net with prune_stem on): ignoring the stem makes no other group's root differ
-    groups = find_groups(model, example, ignored=[calls[-1][0]])
-    remove_channels(model, [g for g in groups if g.root in decisions], decisions)
-    return model.train(was_training)

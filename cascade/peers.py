@@ -26,7 +26,8 @@ import torch_pruning as tp
 
 from .config import METHODS
 from .losses import member_loss
-from .members import CascadeNet, main_output
+from .member_ops import main_output
+from .members import CascadeNet
 
 __all__ = ["METHODS", "PEERS", "peer_scores", "taylor_gradients", "prunable_copy"]
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .config import ConfigError, PruneConfig, is_uri
 from .data import DataBundle, default_cache_dir
 from .engine import CheckpointError, evaluate, fit, prepare
-from .members import main_output
+from .member_ops import main_output
 from .models import create_model
 
 __all__ = ["get_teacher", "teacher_key", "teacher_location"]

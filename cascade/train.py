@@ -27,8 +27,9 @@ from .engine import (Step, autocast, evaluate, format_seconds, load_checkpoint, 
                      train_epoch)
 from .flops import count_flops
 from .losses import HintPlan, cascade_loss, member_loss, member_weights
-from .masks import GradientMoments, jaccard, spearman
-from .members import CascadeNet, main_output
+from .masks import GradientMoments, TaylorSaliency, jaccard, spearman
+from .member_ops import main_output
+from .members import CascadeNet
 from .peers import TAYLOR_BATCHES, peer_scores, prunable_copy, taylor_gradients
 from .teacher import get_teacher
 
@@ -177,7 +178,8 @@ def _build(cfg: PruneConfig, out: Path, data: DataBundle | None, teacher, log, p
         p.requires_grad_(True)
     peer = cfg.method != "cascade"  # a one-shot peer prunes to the student's ratio; the TAs' are unused
     net = CascadeNet(base, cfg.cascade.ratios[:1] if peer else cfg.cascade.ratios, torch.zeros(2, *data.input_size),
-                     score_init=cfg.cascade.score_init, hint_layers=cfg.loss.hint_layers if cfg.loss.lambda_h > 0 else 0,
+                     score_init=cfg.cascade.score_init,
+                     hint_layers=cfg.loss.hint_layers if cfg.loss.lambda_h > 0 else 0,
                      route_scores=cfg.cascade.route_scores, budget=cfg.cascade.budget, round_to=cfg.cascade.round_to,
                      prune_stem=cfg.cascade.prune_stem)
     net = prepare(net, device, channels_last=False)
@@ -280,6 +282,8 @@ def _optimizers(model: nn.Module, cfg: PruneConfig, steps_per_epoch: int,
     opt_w = sgd(weights, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
     if not scores:
         return opt_w, None
+    if cfg.cascade.score_signal == "taylor":  # the scores are set from the gradient, not stepped
+        return opt_w, None
     opt_s = {"rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD, "adam": torch.optim.Adam}[o.score_optimizer]
     return opt_w, opt_s(scores, lr=score_lr(cfg, steps_per_epoch))
 
@@ -290,11 +294,20 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
     opt_w, opt_s = _optimizers(net, cfg, run.steps)
     sched = restarts(opt_w, run.steps, cfg.optim.restart_epochs, cfg.optim.restart_decay, *_lr_span(cfg, "joint"))
     scheds = [sched]
-    if cfg.optim.score_schedule == "cosine":  # to 0 at the last joint step: the masks settle before export
+    if cfg.optim.score_schedule == "cosine" and opt_s:  # to 0 at the last joint step: masks settle before export
         scheds.append(torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=run.steps * cfg.schedule.joint_epochs))
+    saliency = None
+    if cfg.cascade.score_signal == "taylor":
+        kind = "flops" if cfg.cascade.budget == "filters" else cfg.cascade.budget
+        cost = net.cost_model.granularity(net.sizes, kind)[net.group_of].float().clamp_min(1.0)
+        saliency = TaylorSaliency(net.scores.detach(), cost if cfg.cascade.budget != "filters" else
+                                  torch.ones_like(cost), warmup=run.steps)
     if state.phase == "joint" and "opt_w" in state.saved:
         opt_w.load_state_dict(state.saved["opt_w"])
-        opt_s.load_state_dict(state.saved["opt_s"])
+        if opt_s:
+            opt_s.load_state_dict(state.saved["opt_s"])
+        if saliency:
+            saliency.load_state_dict(state.saved["saliency"])
         for sc, sd in zip(scheds, state.saved["sched"]):
             sc.load_state_dict(sd)
     lo = cfg.loss
@@ -314,6 +327,8 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
 
         def after_backward() -> None:
             moments.add(net.scores.grad)  # the routed gradient each member's scores receive
+            if saliency:
+                saliency.update(net.scores.data, net.scores.grad)
             if rescale:
                 rescale()
 
@@ -352,8 +367,8 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
                 state.phase, state.epoch = "finetune", 0
             state.history.append(metrics)
             metrics["eta_s"] = _eta(run)
-            run.save(opt_w=opt_w.state_dict(), opt_s=opt_s.state_dict(),
-                     sched=[sc.state_dict() for sc in scheds])
+            run.save(opt_w=opt_w.state_dict(), opt_s=opt_s.state_dict() if opt_s else None,
+                     saliency=saliency.state_dict() if saliency else None, sched=[sc.state_dict() for sc in scheds])
             yield metrics
 
 

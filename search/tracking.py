@@ -19,8 +19,8 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["retry", "TrialRun", "start_parent", "numeric", "fluent_uri", "EXPERIMENT_KIND", "log_parent", "close_parent",
-           "register_frontier", "log_dataset", "ui_url"]
+__all__ = ["retry", "TrialRun", "start_parent", "numeric", "fluent_uri", "EXPERIMENT_KIND", "log_parent",
+           "close_parent", "register_frontier", "log_dataset", "ui_url"]
 
 T = TypeVar("T")
 # MLflow 3 tags an experiment's kind; older UIs open it by this tag. MLflow 3.17's UI decides by its own

@@ -3,6 +3,7 @@ with its MLflow run), the scheduler, the Tuner over the shared storage."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,9 @@ def fit(cfg: SearchConfig, ctx: TrialContext, *, journal: Path, callbacks: list,
         mode=modes[0] if single else modes, study_name=cfg.experiment, storage=storage,
         sampler=make_sampler(cfg.sampler.name, seed=cfg.seed, n_startup_trials=cfg.sampler.n_startup_trials))
     if searcher._ot_study is not None and not single:  # optuna-dashboard then names the objectives
-        searcher._ot_study.set_metric_names(metrics)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            searcher._ot_study.set_metric_names(metrics)
     scheduler = None
     if cfg.scheduler.name == "asha":
         from ray.tune.schedulers import ASHAScheduler

@@ -33,8 +33,8 @@ ALIASES = {"tau": "loss.tau", "lambda_kd": "loss.lambda_kd", "lambda_h": "loss.l
            "score_lr": "optim.score_lr"}
 LADDER_KEYS = ("method", "num_tas", "student_ratio", "placement", "free_fraction")
 # prune-config paths that only the cascade reads (a one-shot peer has no scores to train and one member)
-CASCADE_ONLY = ("optim.score_", "cascade.score_init", "cascade.route_scores", "loss.student_weight",
-                "loss.own_grads")
+CASCADE_ONLY = ("optim.score_", "cascade.score_init", "cascade.route_scores", "cascade.score_signal",
+                "loss.student_weight", "loss.own_grads")
 
 
 def space_targets(name: str) -> list[str]:

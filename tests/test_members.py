@@ -3,7 +3,7 @@ import torch
 
 from cascade import CascadeNet, count_flops, create_model
 from cascade.masks import keep_count, route_to_teacher
-from cascade.members import apply_decisions
+from cascade.export import apply_decisions
 from reference_budget import global_topk
 from cascade.losses import cascade_loss
 from conftest import train_steps
@@ -163,7 +163,7 @@ def test_bad_ratios_are_rejected():
 def test_fused_member_ops_equal_one_module_per_member():
     """MemberBN / MemberStem / MemberHead (one call for all members) give the outputs, gradients and running
     statistics of N separate plain modules applied to each member's rows (row b*N + i is member i's image b)."""
-    from cascade.members import MemberBN, MemberHead, MemberStem
+    from cascade.member_ops import MemberBN, MemberHead, MemberStem
 
     torch.manual_seed(0)
     n, b = 3, 4
@@ -211,7 +211,7 @@ def test_fused_member_ops_equal_one_module_per_member():
 
 
 def test_relu6_passes_the_gradient_at_zero():
-    from cascade.members import ReLU6PassZero, ReLUPassZero
+    from cascade.member_ops import ReLU6PassZero, ReLUPassZero
 
     for act in (ReLUPassZero(), ReLU6PassZero()):
         x = torch.tensor([-1.0, 0.0, 2.0, 7.0], requires_grad=True)
@@ -292,3 +292,31 @@ def test_groups_listed_with_the_index_mapping_computed_once_equal_torch_prunings
     every_time = groups.find_groups(model, x, ignored=["classifier"])
     assert len(calls) > len(every_time)  # the library's way: before every group
     assert once == every_time and any(len(g.bns) > 1 for g in once)  # concatenations were mapped
+
+
+def test_the_taylor_signal_ranks_filters_by_their_mean_gradient_magnitude_per_cost():
+    from cascade.masks import TaylorSaliency
+
+    start = torch.tensor([[0.2, 0.4, 0.6, 0.8]])
+    cost = torch.tensor([1.0, 1.0, 2.0, 4.0])
+    sal = TaylorSaliency(start, cost, warmup=2)
+    scores = start.clone()
+    sal.update(scores, torch.tensor([[1.0, -3.0, 4.0, 4.0]]))   # halfway: half start, half saliency
+    per_cost = torch.tensor([1.0, 3.0, 2.0, 1.0])
+    target = per_cost / per_cost.mean() * start.mean()
+    assert torch.allclose(scores, 0.5 * start + 0.5 * target)
+    sal.update(scores, torch.tensor([[-1.0, 3.0, -4.0, -4.0]]))  # the signs cancel, the magnitudes do not
+    assert torch.allclose(scores, target)
+    assert scores.argsort().tolist() == [[0, 3, 2, 1]]
+
+
+@pytest.mark.slow
+def test_a_run_with_the_taylor_signal_moves_the_masks(tmp_path):
+    from cascade import load_prune_config, run_prune
+    from conftest import TINY
+
+    cfg = load_prune_config(None, TINY + ["cascade.ratios=[0.7,0.0]", "cascade.score_signal=taylor"])
+    r = run_prune(cfg, tmp_path, log=lambda s: None)
+    joint = [h for h in r["history"] if h["phase"] == "joint"]
+    assert joint[-1]["score_spearman_start/m0"] < 0.9  # the scores left their L1 start
+    assert r["flops_reduction"] >= 0.7

@@ -60,7 +60,8 @@ def test_a_trial_restores_its_newest_complete_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path, capsys, local_ray, tiny_teacher):
     sets = [f"prune.model.width={TINY['prune.model.width']}", "num_trials=2", "concurrency=1",
-            f"prune.teacher.checkpoint={tiny_teacher}", "prune.schedule.joint_epochs=2", "prune.schedule.finetune_epochs=1", "resources.cpu=2", f"results_dir={tmp_path}"]
+            f"prune.teacher.checkpoint={tiny_teacher}", "prune.schedule.joint_epochs=2",
+            "prune.schedule.finetune_epochs=1", "resources.cpu=2", f"results_dir={tmp_path}"]
     cmd = [sys.executable, "-m", "cascade_cli", "search", str(SMOKE)]
     for s in sets:
         cmd += ["--set", s]

@@ -160,9 +160,9 @@ def test_frontier_command_reprints_the_table_without_the_data(smoke, tmp_path, c
     for name in ("search.yaml", "search.json", "trials.json"):
         (copy / name).write_bytes((smoke.run_dir / name).read_bytes())
     cfg = yaml.safe_load((copy / "search.yaml").read_text())
-    cfg["data"].update(name="imagefolder", root="/nonexistent/data")
+    cfg["prune"]["data"].update(name="imagefolder", root="/nonexistent/data")
     (copy / "search.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["frontier", str(copy), "--budget", "1e9"]) == 0
+    assert main(["frontier", str(copy), "--budget", "1G"]) == 0
     out = capsys.readouterr().out
     assert smoke.frontier[0].mlflow_run_id in out and "best validation accuracy within" in out
     assert "val %" in out and "test %" in out and (copy / "frontier.png").exists()
@@ -200,7 +200,8 @@ def test_invalid_yaml_is_reported(tmp_path, capsys):
 def test_shipped_spaces_validate(name, tmp_path):
     for d in ("train", "val"):
         (tmp_path / d).mkdir()
-    cfg = load_config(SMOKE.parent / f"{name}.yaml", [f"prune.data.root={tmp_path}"] if name == "imagenet_resnet50" else [])
+    extra = [f"prune.data.root={tmp_path}"] if name == "imagenet_resnet50" else []
+    cfg = load_config(SMOKE.parent / f"{name}.yaml", extra)
     assert cfg.num_trials >= 1 and cfg.parsed_space.max_tas >= 1
 
 
