@@ -300,6 +300,9 @@ class OptimConfig:
 class ScheduleConfig:
     joint_epochs: int = opt(80, "epochs of the joint phase (a peer's first phase; the paper's 80)", ge=1)
     finetune_epochs: int = opt(80, "epochs of the student's fine-tuning (the paper's 80)", ge=0)
+    fine_tune: Literal["student", "all"] = opt("student", "student: the TAs are exported as they end the joint "
+                                                          "phase; all: every pruned TA gets its own fine-tuning "
+                                                          "phase too (each a model on the frontier)")
 
 
 @dataclass

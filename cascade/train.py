@@ -148,12 +148,14 @@ def prune_epochs(cfg: PruneConfig, out_dir: str | Path, *, data: DataBundle | No
         return done
     run = _build(cfg, out, data, teacher, log, peer_scores)
     log(_plan(run))
+    tuned: dict[int, nn.Module] = {}
     if cfg.method == "cascade":
         yield from _joint_phase(run)
         student = yield from _finetune_phase(run)
+        tuned = yield from _member_phases(run)
     else:
         student = yield from _peer_phases(run)
-    return _export(run, student)
+    return _export(run, student, tuned)
 
 
 def _finished(cfg: PruneConfig, out: Path) -> dict | None:
@@ -213,12 +215,15 @@ def _epoch_macs(run: _Run, phase: str) -> float:
 
 
 def _remaining_macs(run: _Run) -> float:
+    """The planned MACs of the epochs still to run, over every phase left."""
     j, f = run.cfg.schedule.joint_epochs, run.cfg.schedule.finetune_epochs
     first = "joint" if run.cfg.method == "cascade" else "distill"
+    phases = [(first, j), ("finetune", f)] + [(f"finetune_m{m}", f) for m in _tuned_members(run)]
+    names = [p for p, _ in phases]
     st = run.state
-    left_first = j - st.epoch if st.phase == first else 0
-    left_f = f - (st.epoch if st.phase == "finetune" else 0)
-    return left_first * _epoch_macs(run, first) + left_f * _epoch_macs(run, "finetune")
+    at = names.index(st.phase) if st.phase in names else len(names)
+    return sum((n - (st.epoch if i == at else 0)) * _epoch_macs(run, "joint" if p == "joint" else "finetune")
+               for i, (p, n) in enumerate(phases) if i >= at)
 
 
 def _eta(run: _Run) -> float | None:
@@ -231,8 +236,10 @@ def _eta(run: _Run) -> float | None:
 def _plan(run: _Run) -> str:
     cfg, net = run.cfg, run.net
     j, f = cfg.schedule.joint_epochs, cfg.schedule.finetune_epochs
+    tuned = _tuned_members(run)
     what = (f"cascade of {net.n} members (ratios {', '.join(f'{k:g}' for k in net.ratios)}), {j} joint + {f} "
-            f"fine-tune epochs" if cfg.method == "cascade" else
+            f"fine-tune epochs" + (f" (and {f} for each of {len(tuned)} TAs)" if tuned else "")
+            if cfg.method == "cascade" else
             f"one-shot {cfg.method} peer (ratio {net.ratios[0]:g}), {j} + {f} epochs of KD")
     line = (f"plan: {what}; {len(run.data.train)} training images, batch {cfg.data.batch_size} "
             f"({run.steps} steps an epoch) on {run.device}; about {_remaining_macs(run) / 1e12:.1f} TMACs")
@@ -366,7 +373,7 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
             if state.epoch == cfg.schedule.joint_epochs:
                 state.phase, state.epoch = "finetune", 0
             state.history.append(metrics)
-            metrics["eta_s"] = _eta(run)
+            metrics.update(epoch_total=len(state.history), eta_s=_eta(run))
             run.save(opt_w=opt_w.state_dict(), opt_s=opt_s.state_dict() if opt_s else None,
                      saliency=saliency.state_dict() if saliency else None, sched=[sc.state_dict() for sc in scheds])
             yield metrics
@@ -385,10 +392,10 @@ def own_grads_in_full(net: CascadeNet, weights: list[float]) -> Callable[[], Non
     return rescale
 
 
-def _hint_plans(run: _Run, teacher_member: int | None) -> list[HintPlan] | None:
-    """For the exported student (filled to its budget) and one ladder teacher (member j as trained, or None for
-    the pretrained model): the channels each keeps at every hint point, as index tensors on the device (made
-    once, not per step)."""
+def _hint_plans(run: _Run, teacher_member: int | None, student_member: int = 0) -> list[HintPlan] | None:
+    """For an exported member being fine-tuned (filled to its budget; the student by default) and one ladder
+    teacher (member j as trained, or None for the pretrained model): the channels each keeps at every hint
+    point, as index tensors on the device (made once, not per step)."""
     net = run.net
     if not net.hint_names:
         return None
@@ -396,7 +403,7 @@ def _hint_plans(run: _Run, teacher_member: int | None) -> list[HintPlan] | None:
     for _, bn in net.hint_points:
         full = net.body.get_submodule(bn).num_features
         t_kept = torch.arange(full) if teacher_member is None else net.kept_positions(teacher_member, bn, fill=False)
-        plans.append(HintPlan(net.kept_positions(0, bn), t_kept, full, run.device))
+        plans.append(HintPlan(net.kept_positions(student_member, bn), t_kept, full, run.device))
     return plans
 
 
@@ -418,16 +425,45 @@ def _finetune_phase(run: _Run) -> Generator[dict, None, nn.Module]:
     net.eval()
     if state.member_test is None:  # the masked members at the end of the joint phase
         state.member_test, state.member_stats = evaluate(net, run.data.test, run.device), net.member_stats()
-    teachers = []
-    for j in range(1, net.n):
+    student = prepare(net.export(0), run.device)
+    tuned = _tuned_members(run)
+    return (yield from _distill(run, student, _ladder(run, 0), "finetune", run.cfg.schedule.finetune_epochs,
+                                state.member_val[0], next_phase=f"finetune_m{tuned[0]}" if tuned else None))
+
+
+def _tuned_members(run: _Run) -> list[int]:
+    """The TAs that get their own fine-tuning (``schedule.fine_tune: all``): the pruned ones (ratio > 0)."""
+    if run.cfg.schedule.fine_tune != "all":
+        return []
+    return [j for j in range(1, run.net.n) if run.net.ratios[j] > 0]
+
+
+def _ladder(run: _Run, member: int) -> list[_Teacher]:
+    """Member ``member``'s fine-tuning teachers: the members above it as they trained, and the pretrained model."""
+    net, teachers = run.net, []
+    for j in range(member + 1, net.n):
         ta = net.export(j, fill=False)
         teachers.append(_Teacher(f"m{j}", prepare(ta, run.device).eval().requires_grad_(False),
-                                 state.member_val[j], _hint_plans(run, j),
+                                 run.state.member_val[j], _hint_plans(run, j, member),
                                  count_flops(ta, run.data.input_size)[0]))
-    teachers.append(_pretrained(run))
-    student = prepare(net.export(0), run.device)
-    return (yield from _distill(run, student, teachers, "finetune", run.cfg.schedule.finetune_epochs,
-                                state.member_val[0]))
+    return teachers + [_pretrained(run, member)]
+
+
+def _member_phases(run: _Run) -> Generator[dict, None, dict[int, nn.Module]]:
+    """``schedule.fine_tune: all``: each pruned TA, exported and filled to its budget, fine-tuned like the student
+    (its own phase ``finetune_m<j>`` of ``finetune_epochs``, its ladder the members above it and the teacher)."""
+    tuned, out = _tuned_members(run), {}
+    for k, j in enumerate(tuned):
+        phase = f"finetune_m{j}"
+        model = prepare(run.net.export(j), run.device)
+        if run.state.phase != phase and f"done/{phase}" in run.state.saved:  # done before a restart
+            model.load_state_dict(run.state.saved[f"done/{phase}"])
+            out[j] = model
+            continue
+        out[j] = yield from _distill(run, model, _ladder(run, j), phase, run.cfg.schedule.finetune_epochs,
+                                     run.state.member_val[j], member=j,
+                                     next_phase=f"finetune_m{tuned[k + 1]}" if k + 1 < len(tuned) else None)
+    return out
 
 
 def _peer_phases(run: _Run) -> Generator[dict, None, nn.Module]:
@@ -444,13 +480,13 @@ def _peer_phases(run: _Run) -> Generator[dict, None, nn.Module]:
     j, f = run.cfg.schedule.joint_epochs, run.cfg.schedule.finetune_epochs
     student = yield from _distill(run, student, teachers, "distill", j, state.member_val[0],
                                   next_phase="finetune")
-    return (yield from _distill(run, student, teachers, "finetune", f, state.member_val[0]))
+    return (yield from _distill(run, student, teachers, "finetune", f, state.member_val[0], init="done/distill"))
 
 
-def _pretrained(run: _Run) -> _Teacher:
+def _pretrained(run: _Run, member: int = 0) -> _Teacher:
     if run.state.pretrained_val_acc is None:
         run.state.pretrained_val_acc = float(evaluate(run.teacher, run.data.val, run.device))
-    return _Teacher("pretrained", run.teacher, run.state.pretrained_val_acc, _hint_plans(run, None),
+    return _Teacher("pretrained", run.teacher, run.state.pretrained_val_acc, _hint_plans(run, None, member),
                     run.teacher_flops)
 
 
@@ -466,15 +502,21 @@ def first_teacher(accs: list[float], order: list[int], student_acc: float) -> in
 
 
 def _distill(run: _Run, student: nn.Module, teachers: list[_Teacher], phase: str, epochs: int,
-             student_acc: float, next_phase: str | None = None) -> Generator[dict, None, nn.Module]:
-    """``epochs`` of KD training of the exported ``student`` (CE + KD + hints, the configured optimizer and lr
-    schedule), from the teacher ladder: it starts at the least accurate teacher above the student and moves up
-    when the student passes it (teacher swap). Resumes mid-phase from the checkpoint."""
+             student_acc: float, next_phase: str | None = None, member: int = 0,
+             init: str | None = None) -> Generator[dict, None, nn.Module]:
+    """``epochs`` of KD training of the exported ``student`` (member ``member``; CE + KD + hints, the configured
+    optimizer and lr schedule), from the teacher ladder: it starts at the least accurate teacher above the
+    student and moves up when the student passes it (teacher swap). Resumes mid-phase from the checkpoint; a
+    finished phase leaves its weights as ``saved["done/<phase>"]`` (``init``: start from such weights)."""
     cfg, state = run.cfg, run.state
     if state.phase != phase:  # done before a restart
+        if f"done/{phase}" in state.saved:
+            student.load_state_dict(state.saved[f"done/{phase}"])
         return student
-    if "student" in state.saved:  # resuming: the same decisions give the same shapes, then the trained weights
-        student.load_state_dict(state.saved["student"])
+    for key in ("student", f"done/{phase}", init):  # resuming: the same decisions give the same shapes
+        if key in state.saved:
+            student.load_state_dict(state.saved[key])
+            break
     accs = [t.val_acc for t in teachers]
     order = teacher_order(accs)
     start = state.student_val_acc if state.student_val_acc is not None else student_acc
@@ -511,7 +553,7 @@ def _distill(run: _Run, student: nn.Module, teachers: list[_Teacher], phase: str
             state.epoch += 1
             acc = float(evaluate(student, run.data.val, run.device))
             metrics = {"phase": phase, "epoch": state.epoch, "epochs": epochs, "lr": sched.get_last_lr()[0],
-                       "epoch_time": time.time() - t0, "val_acc/m0": acc, "teacher": teacher.name,
+                       "epoch_time": time.time() - t0, f"val_acc/m{member}": acc, "teacher": teacher.name,
                        "teacher_val_acc": teacher.val_acc,
                        "train_macs": run.steps * cfg.data.batch_size * (3 * s_flops + teacher.flops),
                        "eval_macs": len(run.data.val) * s_flops, **terms}
@@ -519,23 +561,32 @@ def _distill(run: _Run, student: nn.Module, teachers: list[_Teacher], phase: str
                 now["pos"] += 1  # teacher swap: the student passed its teacher, move up the ladder
                 metrics["swap"] = 1
             state.history.append(metrics)
+            metrics["epoch_total"] = len(state.history)
             state.teacher_pos, state.student_val_acc = now["pos"], acc
             parts = dict(student=student.state_dict(), opt_f=opt.state_dict(), sched_f=sched.state_dict())
-            if state.epoch == epochs and next_phase:  # the next phase starts afresh: its own optimizer
-                state.phase, state.epoch = next_phase, 0
-                del parts["opt_f"], parts["sched_f"]
-                state.saved.pop("opt_f", None), state.saved.pop("sched_f", None)
+            if state.epoch == epochs:
+                parts[f"done/{phase}"] = parts.pop("student")
+                if next_phase:  # the next phase starts afresh: its own optimizer, model and ladder position
+                    _next(state, next_phase)
+                    del parts["opt_f"], parts["sched_f"]
             metrics["eta_s"] = _eta(run)
             run.save(**parts)
             yield metrics
     if state.epoch == epochs and next_phase and state.phase == phase:  # a phase of 0 epochs
-        state.phase, state.epoch = next_phase, 0
+        state.saved[f"done/{phase}"] = student.state_dict()
+        _next(state, next_phase)
     return student
 
 
-def _export(run: _Run, student: nn.Module) -> dict:
-    """Measure the exported student (validation: what searches select on; test: reported), save it, and
-    write result.json."""
+def _next(state: RunState, phase: str) -> None:
+    state.phase, state.epoch, state.teacher_pos, state.student_val_acc = phase, 0, None, None
+    for key in ("student", "opt_f", "sched_f"):
+        state.saved.pop(key, None)
+
+
+def _export(run: _Run, student: nn.Module, tuned: dict[int, nn.Module]) -> dict:
+    """Measure the exported student (validation: what searches select on; test: reported), save it and every
+    TA (fine-tuned where ``tuned`` has it, else as it trained: each a pruned model), and write result.json."""
     cfg, net, state, data = run.cfg, run.net, run.state, run.data
     student = student.eval()
     flops, params = count_flops(student, data.input_size)
@@ -543,10 +594,18 @@ def _export(run: _Run, student: nn.Module) -> dict:
     val_acc = float(evaluate(student, data.val, run.device))      # what searches and benchmarks select on
     student_cpu = student.cpu().float().to(memory_format=torch.contiguous_format)
     torch.save(student_cpu, run.out / "student.pt")
-    if net.n > 1:  # the TAs as they ended the joint phase: pruned models, and the ladder the student learnt from
+    members = [{**state.member_stats[0], "test_acc": state.member_test[0], "val_acc": state.member_val[0],
+                "fine_tuned": False}]  # the student as it ended the joint phase (its export is the result)
+    if net.n > 1:
         (run.out / "members").mkdir(exist_ok=True)
-        for j in range(1, net.n):
-            torch.save(net.export(j, fill=False).cpu().float(), run.out / "members" / f"m{j}.pt")
+    for j in range(1, net.n):
+        model = tuned[j].eval() if j in tuned else prepare(net.export(j, fill=False), run.device).eval()
+        m_flops, m_params = count_flops(model, data.input_size)
+        members.append({**state.member_stats[j], "flops": m_flops, "params": m_params, "fine_tuned": j in tuned,
+                        "test_acc": float(evaluate(model, data.test, run.device)) if j in tuned else
+                        state.member_test[j],
+                        "val_acc": float(evaluate(model, data.val, run.device)) if j in tuned else state.member_val[j]})
+        torch.save(model.cpu().float().to(memory_format=torch.contiguous_format), run.out / "members" / f"m{j}.pt")
     if cfg.onnx:
         torch.onnx.export(student_cpu, torch.zeros(1, *data.input_size), run.out / "student.onnx",
                           input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
@@ -556,8 +615,7 @@ def _export(run: _Run, student: nn.Module) -> dict:
         "base_params": base_params, "flops_reduction": 1 - flops / base_flops,
         "params_reduction": 1 - params / base_params, "teacher_accuracy": run.teacher_acc,
         "accuracy_change": acc - run.teacher_acc,
-        "members": [{**st, "test_acc": state.member_test[i], "val_acc": state.member_val[i]}
-                    for i, st in enumerate(state.member_stats)],
+        "members": members,
         "kept_channels": state.member_stats[0]["kept_channels"],
         "decisions": net.decisions(0),
         # training compute: forward (1x) and backward (2x) of every trained model, the frozen teachers' forward

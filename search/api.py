@@ -21,6 +21,7 @@ from cascade.config import ConfigError, to_dict
 
 from .config import SearchConfig, base_prune_dict, load_config, resolve_paths
 from .noise import quiet
+from .frontier import plot_curve
 from .progress import Progress
 from .record import write_trials
 from .report import format_failures
@@ -80,9 +81,7 @@ def run_search(config: str | Path | dict | SearchConfig, overrides: list[str] | 
                            data_digest=_data_digest(cfg), cpus=cfg.resources.cpu, gpus=cfg.resources.gpu,
                            verbose=verbose)
         progress = Progress(run_dir / TRIALS_FILE, dict(cfg.objectives), tracking_uri=cfg.tracking_uri,
-                            parent_run_id=parent, total=cfg.num_trials,
-                            joint_epochs=cfg.prune.schedule.joint_epochs,
-                            finetune_epochs=cfg.prune.schedule.finetune_epochs)
+                            parent_run_id=parent, total=cfg.num_trials)
         try:
             grid = fit(cfg, ctx, journal=run_dir / "optuna.journal", callbacks=[progress], resume=resume,
                        verbose=verbose)
@@ -115,9 +114,14 @@ def _close(cfg: SearchConfig, result: SearchResult) -> None:
         best = max(result.finished, key=lambda t: t.val_accuracy)
         metrics.update(best_val_accuracy=best.val_accuracy, best_val_test_accuracy=best.test_accuracy,
                        hypervolume=result.hypervolume)
+    metrics["search_train_tmacs"] = sum(t.train_macs for t in result.trials) / 1e12
     failures = format_failures(result.trials)
+    curve = result.run_dir / "curve.json"
+    if curve.exists():
+        plot_curve(json.loads(curve.read_text()), result.run_dir / "hypervolume.png", title=cfg.experiment)
     log_parent(uri, parent, metrics=metrics, step=len(result.finished), tags={"failures": failures} if failures else None,
-               artifacts=[result.run_dir / n for n in ("frontier.csv", "frontier.png", TRIALS_FILE)])
+               artifacts=[p for p in (result.run_dir / n for n in ("frontier.csv", "frontier.png", TRIALS_FILE,
+                                                                   "hypervolume.png")) if p.exists()])
     if result.frontier:
         floor = cfg.mlflow.register_min_val_accuracy
         if floor is None:  # chance + 10 points: a student no better than chance is no model to deploy

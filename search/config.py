@@ -32,15 +32,18 @@ class ResourcesConfig:
 
 @dataclass
 class SamplerConfig:
-    name: Literal[SAMPLERS] = opt("tpe", "Optuna's sampler (tpe and gp handle the conditional spaces)")
+    name: Literal[SAMPLERS] = opt("tpe", "Optuna's sampler (tpe and gp handle the conditional spaces; grid: "
+                                         "every combination of the space's choices)")
     n_startup_trials: int = opt(10, "random trials before the model-based sampler starts", ge=0)
 
 
 @dataclass
 class SchedulerConfig:
-    name: Literal["fifo", "asha"] = opt("fifo", "asha stops weak trials early (a single objective only)")
-    grace_period: int = opt(1, "epochs before ASHA may stop a trial", ge=1)
-    reduction_factor: int = opt(3, "ASHA keeps 1 in this many at each rung", ge=2)
+    name: Literal["fifo", "asha", "pareto"] = opt("fifo", "asha stops weak trials early (a single objective); "
+                                                          "pareto: successive halving by non-dominated rank "
+                                                          "(val_accuracy and flops)")
+    grace_period: int = opt(1, "epochs before a trial may be stopped", ge=1)
+    reduction_factor: int = opt(3, "1 in this many goes on at each rung", ge=2)
 
 
 @dataclass
@@ -103,7 +106,10 @@ class SearchConfig:
 
     @property
     def epochs(self) -> int:
-        return self.prune.schedule.joint_epochs + self.prune.schedule.finetune_epochs
+        """A trial's epochs over its phases (with fine_tune: all, at most: each TA fine-tunes too)."""
+        s = self.prune.schedule
+        tas = self.parsed_space.max_tas if s.fine_tune == "all" else 0
+        return s.joint_epochs + s.finetune_epochs * (1 + tas)
 
     def config_hash(self) -> str:
         return hashlib.sha1(json.dumps(to_dict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -214,7 +220,9 @@ def _validate(cfg: SearchConfig, explicit: set[str]) -> None:
               f"unknown objective (expected one of {', '.join(OBJECTIVES)})")
         check(mode in ("max", "min"), f"objectives.{metric}", f"expected max or min, got {mode!r}")
     check(cfg.scheduler.name != "asha" or len(cfg.objectives) == 1, "scheduler.name",
-          "asha needs a single objective: with several, a partial-budget result could reach the frontier")
+          "asha needs a single objective (with several: scheduler.name: pareto)")
+    check(cfg.scheduler.name != "pareto" or set(cfg.objectives) <= {"val_accuracy", "flops"}, "scheduler.name",
+          "pareto ranks trials on val_accuracy and flops, the objectives a running trial reports")
     uri = cfg.mlflow.tracking_uri
     check(uri is None or uri.startswith(("http://", "https://", "sqlite:///", "file:", "databricks")),
           "mlflow.tracking_uri", f"expected an http(s):// server or a sqlite:/// file, got {uri!r}")
@@ -225,6 +233,9 @@ def _validate(cfg: SearchConfig, explicit: set[str]) -> None:
     except ConfigError as e:
         raise ConfigError(f"prune.{e.field}", e.message) from None
     space = cfg.parsed_space
+    if cfg.sampler.name == "grid":
+        for name, p in space.params.items():
+            check(p.kind in ("fixed", "categorical"), f"space.{name}", "the grid sampler needs choices, not a range")
     for name in space.params:  # one value, one place: a searched path that is also fixed would be overridden
         for path in space_targets(name):
             check(path not in explicit, f"space.{name}",

@@ -6,9 +6,9 @@ import csv
 from pathlib import Path
 from typing import Any, Sequence
 
-from .record import TrialRecord
+from .record import TrialRecord, members
 
-__all__ = ["pareto_front", "frontier_records", "hypervolume", "write_csv", "plot_frontier", "format_table",
+__all__ = ["pareto_front", "frontier_records", "hypervolume", "write_csv", "plot_frontier", "plot_curve", "format_table",
            "best_at_budgets", "best_within", "PAPER_POINTS"]
 
 # VGG16 on CIFAR-10 in the paper (FLOPs, top-1 %): base 93.25% at 313M, then k_0 = 0.3, 0.6, 0.8.
@@ -68,8 +68,8 @@ def best_at_budgets(trials: list[TrialRecord], budgets: Sequence[float]) -> list
     return [best_within(trials, max_flops=b) for b in budgets]
 
 
-COLUMNS = ["name", "val_accuracy", "test_accuracy", "flops", "params", "flops_reduction", "params_reduction",
-           "mlflow_run_id", "model_uri"]
+COLUMNS = ["name", "member", "ratio", "fine_tuned", "val_accuracy", "test_accuracy", "flops", "params",
+           "flops_reduction", "params_reduction", "train_macs", "mlflow_run_id", "model_uri"]
 
 
 def _row(t: TrialRecord) -> dict[str, Any]:
@@ -87,12 +87,12 @@ def write_csv(records: list[TrialRecord], path: str | Path) -> None:
 
 def format_table(records: list[TrialRecord]) -> str:
     """A fixed-width table: validation and test accuracy, FLOPs, params, reductions, the TA ladder, the run."""
-    head = (f"{'trial':<14} {'val %':>6} {'test %':>6} {'FLOPs':>9} {'params':>9} {'-FLOPs':>7} {'-params':>8}  "
-            f"{'ratios':<24} run id")
+    head = (f"{'trial / member':<20} {'val %':>6} {'test %':>6} {'FLOPs':>9} {'params':>9} {'-FLOPs':>7} "
+            f"{'-params':>8}  {'ratios':<24} run id")
     lines = [head, "-" * len(head)]
     for t in records:
         ratios = ",".join(f"{t.config[k]:.2f}" for k in sorted(t.config) if k.startswith("ratio_m"))
-        lines.append(f"{t.name or t.trial_id:<14} {t.val_accuracy:6.2f} {t.test_accuracy:6.2f} "
+        lines.append(f"{t.name or t.trial_id:<20} {t.val_accuracy:6.2f} {t.test_accuracy:6.2f} "
                      f"{t.flops / 1e6:8.2f}M {t.params / 1e6:8.3f}M {t.flops_reduction:7.1%} "
                      f"{t.params_reduction:8.1%}  {ratios:<24} {t.mlflow_run_id or ''}")
     return "\n".join(lines)
@@ -109,7 +109,13 @@ def plot_frontier(trials: list[TrialRecord], frontier: list[TrialRecord], path: 
 
     done = [t for t in trials if t.finished]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter([t.flops / 1e6 for t in done], [t.val_accuracy for t in done], s=22, c="0.6", label="trials (val)")
+    points = members(done)
+    for t in done:  # one trial's members, a family: its student and TAs joined
+        family = sorted((p for p in points if p.trial_id == t.trial_id and p.ratio), key=lambda p: p.flops)
+        if len(family) > 1:
+            ax.plot([p.flops / 1e6 for p in family], [p.val_accuracy for p in family], c="0.8", lw=0.8, zorder=1)
+    ax.scatter([t.flops / 1e6 for t in points], [t.val_accuracy for t in points], s=22, c="0.6",
+               label="trials' students and TAs (val)")
     if frontier:
         x = [t.flops / 1e6 for t in frontier]
         ax.step(x, [t.val_accuracy for t in frontier], where="post", c="tab:red", lw=1.5)
@@ -128,6 +134,27 @@ def plot_frontier(trials: list[TrialRecord], frontier: list[TrialRecord], path: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_curve(curves: dict[str, list[dict]] | list[dict], path: str | Path, *, title: str = "") -> None:
+    """Hypervolume against the counted training compute spent so far, one line per search (``curve.json``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = curves if isinstance(curves, dict) else {title or "search": curves}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for name, curve in curves.items():
+        pts = [(c["train_tmacs"], c["hypervolume"]) for c in curve if c["hypervolume"] is not None]
+        if pts:
+            ax.step(*zip(*pts), where="post", label=name)
+    ax.set(xlabel="training compute spent (TMACs, counted)", ylabel="hypervolume (validation)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -5,13 +5,14 @@ report: trials running / finished / failed, each running trial's phase, epoch an
 the frontier so far."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from ray.tune import Callback
 
 from .frontier import frontier_records, hypervolume
-from .record import TrialRecord, read_trials, write_trials
+from .record import TrialRecord, members, read_trials, write_trials
 from .tracking import log_parent
 
 __all__ = ["Progress"]
@@ -19,10 +20,10 @@ __all__ = ["Progress"]
 
 class Progress(Callback):
     def __init__(self, trials_file: Path, objectives: dict[str, str], *, tracking_uri: str, parent_run_id: str,
-                 total: int, joint_epochs: int, finetune_epochs: int, show: bool = True, every_s: float = 10.0):
+                 total: int, show: bool = True, every_s: float = 10.0):
         self.trials_file, self.objectives = trials_file, objectives
         self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
-        self.total, self.joint, self.finetune = total, joint_epochs, finetune_epochs
+        self.total = total
         self.show, self.every_s = show, every_s
         self._records: dict[str, TrialRecord] | None = None
         self._last_print = 0.0
@@ -49,20 +50,36 @@ class Progress(Callback):
         rec = self._update(trial)
         if rec.finished:
             self._say(f"{rec.name}: finished  val {rec.val_accuracy:.2f}%  test {rec.test_accuracy:.2f}%  "
-                      f"{rec.flops / 1e6:.2f}M FLOPs ({rec.flops_reduction:.0%} fewer)")
-            done = [t for t in self.records.values() if t.finished]
-            hv = hypervolume(done)
-            if hv is not None:
-                log_parent(self.tracking_uri, self.parent_run_id, step=len(done),
-                           metrics={"hypervolume": hv, "trials_finished": len(done)})
+                      f"{rec.flops / 1e6:.2f}M FLOPs ({rec.flops_reduction:.0%} fewer)"
+                      + (f"; {len(rec.family)} TAs recorded beside it" if rec.family else ""))
         else:
             self._say(f"{rec.name or rec.trial_id}: stopped by the scheduler after {rec.epochs} epochs")
+        self._log_curve()
         self._print_status()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         rec = self._update(trial, error=_error_text(trial))
         self._say(f"{rec.name or rec.trial_id}: FAILED  {rec.error}")
+        self._log_curve()
         self._print_status()
+
+    def _log_curve(self) -> None:
+        """As a trial ends: the frontier's hypervolume (over every member) against the search's counted training
+        compute so far (every trial's, stopped and failed ones too), on the parent run and in curve.json."""
+        recs = list(self.records.values())
+        done = [t for t in recs if t.finished]
+        hv = hypervolume(members(done))
+        compute = sum(t.train_macs for t in recs)
+        metrics = {"trials_finished": len(done), "train_tmacs": compute / 1e12}
+        if hv is not None:
+            metrics["hypervolume"] = hv
+        log_parent(self.tracking_uri, self.parent_run_id, step=len([t for t in recs if t.status != "running"]),
+                   metrics=metrics)
+        path = self.trials_file.with_name("curve.json")
+        curve = json.loads(path.read_text()) if path.exists() else []
+        curve.append({"trials_ended": len([t for t in recs if t.status != "running"]),
+                      "train_tmacs": compute / 1e12, "hypervolume": hv})
+        path.write_text(json.dumps(curve, indent=1))
 
     # ---------------------------------------------------------------- records and output
     def _update(self, trial, *, running: bool = False, result: dict | None = None, error: str | None = None,
@@ -86,10 +103,10 @@ class Progress(Callback):
                   + (f", {count['stopped']} stopped" if count["stopped"] else "") + f" (of {self.total})")
         for t in recs:
             if t.status == "running" and t.epochs:
-                epoch, of = (t.epochs - self.joint, self.finetune) if t.phase == "finetune" else (t.epochs, self.joint)
                 flops = f"  ~{t.flops / 1e6:.2f}M FLOPs" if t.flops else ""
-                self._say(f"  {t.name or t.trial_id}: {t.phase} epoch {epoch}/{of}  val {t.val_accuracy or 0:.2f}%{flops}")
-        front = frontier_records(recs, self.objectives)
+                self._say(f"  {t.name or t.trial_id}: {t.phase} epoch {t.phase_epoch}/{t.phase_epochs}  "
+                          f"val {t.val_accuracy or 0:.2f}%{flops}")
+        front = frontier_records(members(recs), self.objectives)
         if front:
             self._say("  frontier so far: " + ", ".join(f"{t.val_accuracy:.2f}% @ {t.flops / 1e6:.2f}M" for t in front))
 

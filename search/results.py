@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .config import SearchConfig, read_config
 from .frontier import best_within, frontier_records, hypervolume, plot_frontier, write_csv
-from .record import TrialRecord, read_trials
+from .record import TrialRecord, members, read_trials
 from .tracking import retry
 
 __all__ = ["SearchResult", "collect", "write_frontier", "load_result", "CONFIG_FILE", "STATE_FILE", "TRIALS_FILE"]
@@ -17,8 +17,8 @@ CONFIG_FILE, STATE_FILE, TRIALS_FILE = "search.yaml", "search.json", "trials.jso
 
 @dataclass
 class SearchResult:
-    """What a search produced: every trial's record, the frontier among the finished ones (selected on
-    validation accuracy), where it lives."""
+    """What a search produced: every trial's record, the frontier among the finished trials' members (their
+    students and TAs, selected on validation accuracy), where it lives."""
     trials: list[TrialRecord]
     frontier: list[TrialRecord]
     run_dir: Path
@@ -46,15 +46,20 @@ class SearchResult:
         return [t for t in self.trials if t.status == "failed"]
 
     @property
+    def members(self) -> list[TrialRecord]:
+        """Every trial's student and TAs, one record each (``record.members``)."""
+        return members(self.trials)
+
+    @property
     def hypervolume(self) -> float | None:
-        return hypervolume(self.trials)
+        return hypervolume(self.members)
 
     def best(self, *, max_flops: float | None = None, max_params: float | None = None) -> TrialRecord | None:
-        """The finished trial with the best validation accuracy within the budgets (None where nothing fits)."""
-        return best_within(self.trials, max_flops=max_flops, max_params=max_params)
+        """The finished member with the best validation accuracy within the budgets (None where nothing fits)."""
+        return best_within(self.members, max_flops=max_flops, max_params=max_params)
 
     def load_model(self, record: TrialRecord):
-        """The trial's exported student (a plain ``nn.Module``), from MLflow."""
+        """A member's exported model (a plain ``nn.Module``), from MLflow."""
         import mlflow
 
         from .tracking import fluent_uri
@@ -91,7 +96,7 @@ def write_frontier(run_dir: str | Path, *, cfg: SearchConfig | None = None,
     cfg = cfg or read_config(run_dir / CONFIG_FILE)
     trials = trials if trials is not None else read_trials(run_dir / TRIALS_FILE)
     state = json.loads((run_dir / STATE_FILE).read_text()) if (run_dir / STATE_FILE).exists() else {}
-    front = frontier_records(trials, cfg.objectives)
+    front = frontier_records(members(trials), cfg.objectives)
     write_csv(front, run_dir / "frontier.csv")
     done = [t for t in trials if t.finished]
     teacher = (done[0].base_flops, done[0].teacher_accuracy) if done else None

@@ -7,13 +7,21 @@ from spaces import ALIASES, LADDER_KEYS, Param, Space, cascade_only, member_rati
 
 __all__ = ["SAMPLERS", "make_sampler", "sample_space", "suggest"]
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 
 
-def make_sampler(name: str, *, seed: int, n_startup_trials: int = 10):
-    """TPE (multivariate, handles conditional spaces), NSGA-II, GP or random search, seeded."""
+def grid(space: Space) -> dict[str, list]:
+    """The ``grid`` sampler's search space: every searched parameter's choices (ranges have no grid)."""
+    return {name: list(p.choices) for name, p in space.params.items() if p.kind == "categorical"}
+
+
+def make_sampler(name: str, *, seed: int, n_startup_trials: int = 10, space: Space | None = None):
+    """TPE (multivariate, handles conditional spaces), NSGA-II, GP, random search, or every combination of the
+    space's choices (``grid``, in a seeded order), seeded."""
     import optuna
 
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid(space), seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials, multivariate=True,
                                           group=True, constant_liar=True)

@@ -136,7 +136,8 @@ def register_frontier(uri: str, name: str, frontier: list, *, min_val_accuracy: 
     for t in frontier:
         if not t.model_uri or t.val_accuracy < min_val_accuracy:
             continue
-        known = retry(client.search_model_versions, f"name = '{name}' and run_id = '{t.mlflow_run_id}'")
+        known = [v for v in retry(client.search_model_versions, f"name = '{name}' and run_id = '{t.mlflow_run_id}'")
+                 if v.source == t.model_uri]  # a trial's run holds its student's and its TAs' models
         if known:
             version = known[0].version
         else:  # the fluent call resolves a logged model's URI; what it prints would land in the search's console

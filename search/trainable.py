@@ -6,6 +6,7 @@ accuracy, reported), flagged ``done_full_budget`` so that no partial result can 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -82,16 +83,19 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
         # the student's FLOPs while it trains, for the progress report: its budget (the budget is met within 1%)
         budget_flops = ((1 - cfg.cascade.ratios[0]) * count_flops(teacher, data.input_size)[0]
                         if cfg.cascade.budget == "flops" else None)
-        last = {"step": 0}
+        last = {"step": 0, "val": 0.0, "macs": 0.0}
 
         def report(m: dict) -> None:
-            # the epoch's index over both phases: a resumed trial continues the numbering, never repeats it
-            finetune = m["phase"] == "finetune"
-            step = last["step"] = m["epoch"] + (cfg.schedule.joint_epochs if finetune else 0)
+            # the epoch's index over every phase: a resumed trial continues the numbering, never repeats it
+            step = last["step"] = m["epoch_total"]
             run.log_metrics(m, step=step)
-            # the masked (joint) or exported (fine-tune) student's validation accuracy: what ASHA compares
-            metrics = {**numeric(m), "phase": m["phase"], "val_accuracy": m["val_acc/m0"], "epoch_total": step,
-                       "finetune": int(finetune), "mlflow_run_id": run.run_id,
+            # the masked (joint) or exported (fine-tune) student's validation accuracy: what the schedulers
+            # compare (a TA's own fine-tuning leaves the student's last)
+            last["val"] = m.get("val_acc/m0", last["val"])
+            last["macs"] += m["train_macs"]
+            metrics = {**numeric(m), "phase": m["phase"], "val_accuracy": last["val"], "epoch_total": step,
+                       "train_macs_total": last["macs"],
+                       "finetune": int(m["phase"] != "joint"), "mlflow_run_id": run.run_id,
                        **({"flops": budget_flops} if budget_flops else {})}
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy2(work / CHECKPOINT, Path(tmp) / CHECKPOINT)
@@ -102,8 +106,16 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
         step = last["step"]
         student = torch.load(work / "student.pt", weights_only=False)
         example = torch.zeros(1, *data.input_size).numpy()
-        model_uri = run.log_model(student, example, name=f"student_{result['flops'] / 1e6:.2f}M".replace(".", "p"),
-                                  code_dir=Path(cascade.__file__).parent)
+        code = Path(cascade.__file__).parent
+        model_uri = run.log_model(student, example, name=_model_name("student", result["flops"]), code_dir=code)
+        family = []  # every TA is a pruned model too: a point of its own on the frontier
+        for j, mm in enumerate(result["members"][1:], start=1):
+            module = torch.load(work / "members" / f"m{j}.pt", weights_only=False)
+            uri = run.log_model(module, example, name=_model_name(f"m{j}", mm["flops"]), code_dir=code) \
+                if mm["ratio"] > 0 else None  # the unpruned member is the reference, not a model to ship
+            family.append({"member": j, "ratio": mm["ratio"], "val_accuracy": mm["val_acc"],
+                           "test_accuracy": mm["test_acc"], "flops": mm["flops"], "params": mm["params"],
+                           "fine_tuned": mm["fine_tuned"], "model_uri": uri})
         final = {**result, "test_accuracy": result["accuracy"], "num_classes": data.num_classes}
         final = {k: final[k] for k in FINAL_KEYS}
         members = {f"member_{k}/m{i}": mm[k] for i, mm in enumerate(result["members"])
@@ -112,10 +124,16 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
         run.log_metrics({**final, **members}, step=step)
         run.finish("FINISHED")
         tune.report({**final, "done_full_budget": 1, "epoch_total": step, "finetune": 1,
-                     "mlflow_run_id": run.run_id, "model_uri": model_uri})
+                     "mlflow_run_id": run.run_id, "model_uri": model_uri, "train_macs_total": result["train_macs"],
+                     "family_json": json.dumps(family)})
     except BaseException:
         run.finish("FAILED", error=traceback.format_exc())
         raise
+
+
+def _model_name(role: str, flops: float) -> str:
+    """``student_1p23M``, ``m1_4p56M``: a logged model's name, its role and FLOPs (MLflow's UI lists them so)."""
+    return f"{role}_{flops / 1e6:.2f}M".replace(".", "p")
 
 
 def _restore_newest_checkpoint(storage, work: Path) -> None:

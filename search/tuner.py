@@ -72,12 +72,19 @@ def fit(cfg: SearchConfig, ctx: TrialContext, *, journal: Path, callbacks: list,
     searcher = _full_budget_searcher()(
         space=SpaceSampler(cfg.parsed_space, cfg.prune.cascade.ratios[0]), metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes, study_name=cfg.experiment, storage=storage,
-        sampler=make_sampler(cfg.sampler.name, seed=cfg.seed, n_startup_trials=cfg.sampler.n_startup_trials))
+        sampler=make_sampler(cfg.sampler.name, seed=cfg.seed, n_startup_trials=cfg.sampler.n_startup_trials,
+                             space=cfg.parsed_space))
     if searcher._ot_study is not None and not single:  # optuna-dashboard then names the objectives
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             searcher._ot_study.set_metric_names(metrics)
     scheduler = None
+    if cfg.scheduler.name == "pareto":
+        from .schedulers import ParetoHalving
+
+        scheduler = ParetoHalving(metrics=metrics, modes=modes, time_attr="epoch_total", max_t=cfg.epochs,
+                                  grace_period=cfg.scheduler.grace_period,
+                                  reduction_factor=cfg.scheduler.reduction_factor)
     if cfg.scheduler.name == "asha":
         from ray.tune.schedulers import ASHAScheduler
 

@@ -74,3 +74,53 @@ def test_hypervolume_is_the_dominated_area_above_chance_below_the_teacher():
     two = TrialRecord("2", val_accuracy=100.0, flops=9.0, **base)     # adds (10 - 9) * (100 - 55) / 900 = 0.05
     assert abs(hypervolume([one, two]) - 0.30) < 1e-12
     assert hypervolume([TrialRecord("f", "failed")]) is None
+
+
+def _finished(tid, acc, flops, family=()):
+    return TrialRecord(tid, "finished", name=tid, val_accuracy=acc, test_accuracy=acc, flops=flops, params=1.0,
+                       base_flops=100.0, base_params=10.0, num_classes=10, ratio=0.5, family=list(family))
+
+
+def test_every_member_is_a_point_and_the_frontier_gets_the_tas():
+    from search.record import members
+
+    ta = {"member": 1, "ratio": 0.2, "val_accuracy": 80.0, "test_accuracy": 79.0, "flops": 60.0, "params": 5.0,
+          "fine_tuned": False, "model_uri": "models:/m-ta"}
+    top = {**ta, "member": 2, "ratio": 0.0, "flops": 100.0, "val_accuracy": 81.0, "model_uri": None}
+    trials = [_finished("a", 70.0, 30.0, [ta, top]), _finished("b", 75.0, 40.0)]
+    pts = members(trials)
+    assert [p.name for p in pts] == ["a", "a/m1", "a/m2", "b"]
+    assert pts[1].member == 1 and pts[1].flops_reduction == 0.4 and pts[1].model_uri == "models:/m-ta"
+    front = frontier_records(pts, {"val_accuracy": "max", "flops": "min"})
+    assert [p.name for p in front] == ["a", "b", "a/m1", "a/m2"]
+    # a TA widens what the search covers: the family's hypervolume beats the students' alone
+    assert hypervolume(pts) > hypervolume(trials)
+
+
+def test_fronts_rank_points_by_non_domination():
+    from search.schedulers import fronts
+
+    pts = [[90, 50], [80, 20], [70, 60], [60, 10], [50, 70]]  # (accuracy max, flops min)
+    assert fronts(pts, ["max", "min"]) == [0, 0, 1, 0, 2]
+
+
+def test_pareto_halving_stops_only_trials_dominated_by_many_at_a_rung():
+    from ray.tune.schedulers import TrialScheduler
+
+    from search.schedulers import ParetoHalving
+
+    class T:
+        def __init__(self, tid):
+            self.trial_id = tid
+
+    s = ParetoHalving(metrics=["val_accuracy", "flops"], modes=["max", "min"], time_attr="epoch_total", max_t=9,
+                      grace_period=1, reduction_factor=2)
+    assert sorted(s.rungs) == [1, 2, 4, 8]
+    report = lambda tid, acc, flops, t=1: s.on_trial_result(None, T(tid), {  # noqa: E731
+        "val_accuracy": acc, "flops": flops, "epoch_total": t})
+    assert report("a", 90, 50) == TrialScheduler.CONTINUE      # the first at the rung
+    assert report("b", 60, 10) == TrialScheduler.CONTINUE      # only good at low FLOPs: on the frontier, goes on
+    assert report("c", 80, 60) == TrialScheduler.STOP          # a and b in a better front: 2, not under ceil(3/2)
+    assert report("d", 85, 45) == TrialScheduler.CONTINUE      # on the frontier with a and b
+    assert report("e", 70, 55) == TrialScheduler.STOP          # behind 3 of 5
+    assert report("a", 91, 50, t=1) == TrialScheduler.CONTINUE  # between rungs: no decision
