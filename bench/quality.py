@@ -206,15 +206,23 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+CONTROLS = ("ta_teacher", "cascade_widths")  # rows that take part of a cascade run: controls, not competitors
+
+
 def is_cascade(s: dict) -> bool:
     return s["method"].startswith("cascade_")
 
 
+def is_peer(s: dict) -> bool:
+    return not is_cascade(s) and not set(s["variants"]) & set(CONTROLS)
+
+
 def verdict(summary: list[dict]) -> dict[str, dict]:
-    """Per target, among the rows with the most runs: at each epoch count with both, the validation-best
-    cascade against the validation-best peer; and at equal compute, the validation-best cascade against the
-    validation-best peer among, per peer family (method + variants), its cheapest row with at least the
-    cascade's training MACs."""
+    """Per target, among the rows with the most runs (controls never compete): at each epoch count with both,
+    the validation-best cascade against the validation-best peer; at equal compute, the validation-best cascade
+    against the validation-best peer among, per peer family (method + variants), its cheapest row with at least
+    the cascade's training MACs; and within its compute, against the validation-best peer row that spent at
+    most the cascade's MACs (a peer ahead there beats the cascade at less cost)."""
     out = {}
     for target in sorted({s["target"] for s in summary}):
         rows = [s for s in summary if s["target"] == target]
@@ -223,8 +231,8 @@ def verdict(summary: list[dict]) -> dict[str, dict]:
         v = {"runs_per_row": runs, "equal_epochs": []}
         best = lambda ss: max(ss, key=lambda s: s["val_accuracy"])  # noqa: E731
         for e in sorted({s["epochs"] for s in rows}):
-            c, p = [s for s in rows if s["epochs"] == e and is_cascade(s)], [s for s in rows if s["epochs"] == e
-                                                                                  and not is_cascade(s)]
+            c = [s for s in rows if s["epochs"] == e and is_cascade(s)]
+            p = [s for s in rows if s["epochs"] == e and is_peer(s)]
             if c and p:
                 bc, bp = best(c), best(p)
                 v["equal_epochs"].append({"epochs": e, "cascade": bc["row"], "peer": bp["row"],
@@ -236,7 +244,7 @@ def verdict(summary: list[dict]) -> dict[str, dict]:
             bc = best(cascades)
             families: dict[tuple, list[dict]] = {}
             for s in rows:
-                if not is_cascade(s) and s["train_macs"] >= bc["train_macs"]:
+                if is_peer(s) and s["train_macs"] >= bc["train_macs"]:
                     families.setdefault((s["method"], tuple(s["variants"])), []).append(s)
             cheapest = [min(f, key=lambda s: s["train_macs"]) for f in families.values()]
             if cheapest:
@@ -244,6 +252,12 @@ def verdict(summary: list[dict]) -> dict[str, dict]:
                 v["equal_compute"] = {"cascade": bc["row"], "peer": bp["row"], "cascade_accuracy": bc["accuracy"],
                                       "peer_accuracy": bp["accuracy"], "gap": bc["accuracy"] - bp["accuracy"],
                                       "cascade_macs": bc["train_macs"], "peer_macs": bp["train_macs"]}
+            within = [s for s in rows if is_peer(s) and s["train_macs"] <= bc["train_macs"]]
+            if within:
+                bp = best(within)
+                v["within_compute"] = {"cascade": bc["row"], "peer": bp["row"], "cascade_accuracy": bc["accuracy"],
+                                       "peer_accuracy": bp["accuracy"], "gap": bc["accuracy"] - bp["accuracy"],
+                                       "cascade_macs": bc["train_macs"], "peer_macs": bp["train_macs"]}
         out[str(target)] = v
     return out
 
@@ -261,11 +275,12 @@ def table(report: dict) -> str:
         for e in v.get("equal_epochs", []):
             lines.append(f"\nEqual epochs ({e['epochs']}): {e['cascade']} {e['cascade_accuracy']:.2f} vs {e['peer']} "
                          f"{e['peer_accuracy']:.2f}: {e['gap']:+.2f} points, at {e['macs_ratio']:.1f}x the peer's MACs")
-        if "equal_compute" in v:
-            e = v["equal_compute"]
-            lines.append(f"\nEqual compute: {e['cascade']} {e['cascade_accuracy']:.2f} "
-                         f"({e['cascade_macs'] / 1e12:.2f} TMACs) vs {e['peer']} {e['peer_accuracy']:.2f} "
-                         f"({e['peer_macs'] / 1e12:.2f} TMACs): {e['gap']:+.2f} points")
+        for key, label in (("equal_compute", "Equal compute"), ("within_compute", "Within the cascade's compute")):
+            if key in v:
+                e = v[key]
+                lines.append(f"\n{label}: {e['cascade']} {e['cascade_accuracy']:.2f} "
+                             f"({e['cascade_macs'] / 1e12:.2f} TMACs) vs {e['peer']} {e['peer_accuracy']:.2f} "
+                             f"({e['peer_macs'] / 1e12:.2f} TMACs): {e['gap']:+.2f} points")
     t = report["teachers"]
     lines.append("\nTeachers: " + ", ".join(f"{k} {v['test_accuracy']:.2f}% test / {v['val_accuracy']:.2f}% val"
                                            for k, v in t.items()))

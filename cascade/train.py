@@ -22,9 +22,8 @@ import torch.nn as nn
 
 from .config import PruneConfig, to_dict
 from .data import DataBundle, default_cache_dir, load_data
-from .engine import (Step, autocast, evaluate, format_seconds, load_checkpoint, prepare, resolve_device, restarts,
-                     save_atomic, sgd,
-                     train_epoch)
+from .engine import (CheckpointError, Step, autocast, evaluate, format_seconds, load_checkpoint, prepare,
+                     resolve_device, restarts, save_atomic, sgd, train_epoch)
 from .flops import count_flops
 from .losses import HintPlan, cascade_loss, member_loss, member_weights
 from .masks import GradientMoments, TaylorSaliency, jaccard, spearman
@@ -106,6 +105,7 @@ class RunState:
     student_val_acc: float | None = None        # the exported student's last validation accuracy
     teacher_pos: int | None = None              # its current teacher's position in the ladder
     saved: dict[str, Any] = field(default_factory=dict)  # state_dicts: net, rng, optimizers, schedulers, student
+    config: dict | None = None                  # what the run trains (to_dict less RUN_ONLY): a resume must match
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -133,6 +133,7 @@ class _Run:
 
     def save(self, **parts) -> None:
         self.state.saved.update(net=self.net.state_dict(), rng=self.generator.get_state(), **parts)
+        self.state.config = _trained(self.cfg)
         save_atomic(self.state.as_dict(), self.ckpt)
 
 
@@ -192,7 +193,18 @@ def _build(cfg: PruneConfig, out: Path, data: DataBundle | None, teacher, log, p
                max(1, len(data.train) // cfg.data.batch_size), torch.Generator().manual_seed(cfg.seed), cfg.compile,
                count_flops(t_model, data.input_size)[0])
     if run.ckpt.exists():
-        run.state = RunState(**load_checkpoint(run.ckpt))
+        stored = load_checkpoint(run.ckpt)
+        fields = {f.name for f in dataclasses.fields(RunState)}
+        if not isinstance(stored, dict) or set(stored) - fields or "phase" not in stored:
+            raise CheckpointError(f"checkpoint {str(run.ckpt)!r} was written by another version of cascade (keys "
+                                  f"{sorted(set(stored) - fields) if isinstance(stored, dict) else type(stored)}); "
+                                  f"delete it to start this run from scratch")
+        run.state = RunState(**stored)
+        now = _trained(cfg)
+        if run.state.config is not None and run.state.config != now:
+            diff = sorted(k for k in set(now) | set(run.state.config) if now.get(k) != run.state.config.get(k))
+            raise CheckpointError(f"checkpoint {str(run.ckpt)!r} is a run of another config (it differs in "
+                                  f"{', '.join(diff)}); use another output directory, or delete it to start over")
         net.load_state_dict(run.state.saved["net"])
         run.generator.set_state(run.state.saved["rng"])
         log(f"resuming from {run.ckpt}: {run.state.phase} phase, {run.state.epoch} epochs done")
@@ -201,6 +213,17 @@ def _build(cfg: PruneConfig, out: Path, data: DataBundle | None, teacher, log, p
         with torch.no_grad():
             net.scores.copy_(scores[None])
     return run
+
+
+RUN_ONLY = ("device", "cache_dir", "compile", "compile_mode", "onnx", "data.workers")  # how, not what, a run trains
+
+
+def _trained(cfg: PruneConfig) -> dict:
+    """The config as flat dotted keys, less those a resumed run may change (``RUN_ONLY``)."""
+    def flat(d: dict, pre: str = "") -> dict:
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v}).items()}
+    return {k: v for k, v in flat(to_dict(cfg)).items() if k not in RUN_ONLY}
 
 
 def _epoch_macs(run: _Run, phase: str) -> float:

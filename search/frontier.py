@@ -38,15 +38,18 @@ def frontier_records(trials: list[TrialRecord], objectives: dict[str, str]) -> l
     return sorted((done[i] for i in idx), key=lambda t: (t.flops, -t.val_accuracy))
 
 
-def hypervolume(trials: list[TrialRecord]) -> float | None:
+def hypervolume(trials: list[TrialRecord], *, on: str = "val_accuracy") -> float | None:
     """The area the finished trials dominate in (FLOPs, validation accuracy) above the reference point
     (the teacher's FLOPs, chance accuracy), as a fraction of the box up to 0 FLOPs and 100%: one number
-    per search, larger is better. None before any trial finishes."""
+    per search, larger is better. None before any trial finishes. ``on="test_accuracy"``: the frontier chosen
+    on validation, its area measured on test (what a search's choice is worth on unseen data)."""
     done = [t for t in trials if t.finished]
     if not done:
         return None
+    if on != "val_accuracy":
+        done = frontier_records(done, {"val_accuracy": "max", "flops": "min"})
     ref_flops, chance = done[0].base_flops, 100.0 / (done[0].num_classes or 1)
-    pts = sorted((t.flops, t.val_accuracy) for t in done if t.flops < ref_flops and t.val_accuracy > chance)
+    pts = sorted((t.flops, getattr(t, on)) for t in done if t.flops < ref_flops and getattr(t, on) > chance)
     area, best = 0.0, chance
     for i, (f, a) in enumerate(pts):
         best = max(best, a)

@@ -78,7 +78,10 @@ class Progress(Callback):
         path = self.trials_file.with_name("curve.json")
         curve = json.loads(path.read_text()) if path.exists() else []
         curve.append({"trials_ended": len([t for t in recs if t.status != "running"]),
-                      "train_tmacs": compute / 1e12, "hypervolume": hv})
+                      "train_tmacs": compute / 1e12, "hypervolume": hv,
+                      "test_hypervolume": hypervolume(members(done), on="test_accuracy"),
+                      "student_hypervolume": hypervolume(done),
+                      "student_test_hypervolume": hypervolume(done, on="test_accuracy")})
         path.write_text(json.dumps(curve, indent=1))
 
     # ---------------------------------------------------------------- records and output

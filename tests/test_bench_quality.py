@@ -35,8 +35,9 @@ def test_rows_parse_and_bad_rows_are_refused():
 
 
 def _s(row, epochs, val, acc, macs, runs=3):
-    method = row.split(":")[0].split("@")[0]
-    return {"target": 0.83, "row": row, "method": method, "variants": [], "epochs": epochs, "runs": runs,
+    method, _, variants = row.split("@")[0].partition(":")
+    return {"target": 0.83, "row": row, "method": method, "variants": variants.split("+") if variants else [],
+            "epochs": epochs, "runs": runs,
             "accuracy": acc, "val_accuracy": val, "train_macs": macs}
 
 
@@ -51,6 +52,7 @@ def test_the_verdict_selects_on_validation_at_equal_epochs_and_at_equal_compute(
         _s("taylor@64", 64, val=71.0, acc=70.6, macs=130),
         _s("taylor@128", 128, val=72.0, acc=71.0, macs=260),        # more than needed: not the comparison
         _s("l1@8", 8, val=60.0, acc=60.0, macs=15, runs=1),          # a one-run screen does not compete
+        _s("l1:ta_teacher@16", 16, val=75.0, acc=75.0, macs=30),    # a control: never the verdict's peer
     ]
     v = q.verdict(summary)["0.83"]
     eq = {e["epochs"]: e for e in v["equal_epochs"]}
@@ -59,6 +61,8 @@ def test_the_verdict_selects_on_validation_at_equal_epochs_and_at_equal_compute(
     assert 8 not in eq
     c = v["equal_compute"]
     assert (c["cascade"], c["peer"]) == ("cascade_1ta@8+8", "taylor@64") and c["gap"] == pytest.approx(-1.6)
+    w = v["within_compute"]  # the best peer that spent no more than the cascade
+    assert (w["peer"], w["peer_macs"]) == ("l1@32", 60) and w["gap"] == pytest.approx(69.0 - 69.4)
 
 
 def test_the_allocation_control_keeps_the_cascades_widths():
@@ -104,3 +108,30 @@ def test_a_bench_run_saves_rows_and_resumes_without_redoing_them(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["row"] for r in rows] == ["cascade_1ta@1+1", "l1@2", "l1:cascade_widths@2", "taylor@2"]
     assert rows[0] == rep["rows"][0]  # kept, not rerun
+
+
+def _search_bench():
+    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.with_name("search_quality.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_search_benchmark_compares_at_the_least_compute_any_search_spent():
+    q = _search_bench()
+
+    def row(variant, seed, points):
+        return {"variant": variant, "seed": seed, "curve": [
+            {"train_tmacs": c, "test_hypervolume": h, "student_test_hypervolume": s} for c, h, s in points]}
+
+    rows = [row("family", 0, [(1.0, 0.2, 0.1), (2.0, 0.5, 0.3), (4.0, 0.6, 0.4)]),
+            row("peers", 0, [(1.5, 0.4, 0.4), (3.0, 0.45, 0.45)]),            # spent the least: the budget is 3
+            row("pareto", 0, [(0.5, 0.3, 0.3), (1.5, 0.6, 0.5), (5.0, 0.7, 0.6)])]
+    s = q.summarize(rows)
+    assert s["budget_tmacs"] == 3.0
+    v = s["variants"]
+    assert v["family"]["test_hypervolume"] == 0.5 and v["students"]["test_hypervolume"] == 0.3
+    assert v["peers"]["test_hypervolume"] == 0.45 and v["pareto"]["test_hypervolume"] == 0.6
+    assert s["pareto_compute_to_reach_family"] == [1.5 / 4.0]   # family's final 0.6, reached at 1.5 of its 4.0
+    assert q.overrides("grid", "cpu", 8)["sampler.name"] == "grid"
+    assert q.overrides("peers", "cpu", 8)["num_trials"] == 16

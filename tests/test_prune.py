@@ -44,7 +44,7 @@ def test_prune_on_digits_removes_filters_cuts_flops_and_learns(tmp_path):
 
 def score_group(run_dir) -> dict:
     """The scores' optimizer settings in a run's checkpoint (lr: the next step's)."""
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["opt_s"]["param_groups"][0]
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["saved"]["opt_s"]["param_groups"][0]
 
 
 @pytest.mark.slow
@@ -57,6 +57,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     first.append(next(gen))  # two joint epochs done and checkpointed, then the run "dies"
     gen.close()
     lines = []
+    gen = prune_epochs(cfg, tmp_path, log=lines.append)
+    next(gen)  # the third joint epoch, resumed: its checkpoint holds the scores' last lr
+    end_of_joint = score_group(tmp_path)
+    gen.close()
     r = run_prune(cfg, tmp_path, log=lines.append)
     assert any("resuming" in line and "2 epochs done" in line for line in lines)
     assert [(m["phase"], m["epoch"]) for m in r["history"]] == [
@@ -64,13 +68,30 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert r["history"][0]["loss"] == first[0]["loss"]
     # the scores' lr follows its cosine across the kill: 3/4 of the peak after 1 of 3 epochs, 0 at the end
     peak = after_one["initial_lr"]
-    assert after_one["lr"] == pytest.approx(0.75 * peak) and score_group(tmp_path)["lr"] == pytest.approx(0, abs=1e-12)
+    assert after_one["lr"] == pytest.approx(0.75 * peak) and end_of_joint["lr"] == pytest.approx(0, abs=1e-12)
     # lr_schedule run: one cosine over the 3 + 2 epochs, the fine-tuning continuing it (not restarting) after a kill
     cosine = [0.5 * (1 + math.cos(math.pi * e / 5)) for e in range(1, 6)]
     assert [h["lr"] / cfg.optim.lr for h in r["history"]] == pytest.approx(cosine, abs=1e-9)
     # the default budget is FLOPs: the student removes at most, and about, half of them
     assert r["members"][0]["budget"] == "flops" and r["members"][0]["requested_flops"] == 0.5 * r["base_flops"]
     assert 0.45 * r["base_flops"] <= r["flops"] <= 0.5 * r["base_flops"]
+
+
+def test_checkpoint_of_another_version_is_reported_not_misread(tmp_path):
+    torch.save({"phase": "joint", "joint_member_acc": [0.5]}, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"another version of cascade \(keys \['joint_member_acc'\]\)"):
+        run_prune(load_prune_config(None, TINY), tmp_path, log=lambda s: None)
+
+
+def test_checkpoint_of_another_config_is_refused_not_resumed(tmp_path):
+    gen = prune_epochs(load_prune_config(None, TINY), tmp_path, log=lambda s: None)
+    next(gen)  # one joint epoch checkpointed, then the run is restarted with another lr
+    gen.close()
+    with pytest.raises(CheckpointError, match=r"another config \(it differs in optim.lr\)"):
+        run_prune(load_prune_config(None, TINY + ["optim.lr=0.123"]), tmp_path, log=lambda s: None)
+    gen = prune_epochs(load_prune_config(None, TINY + ["device=cpu"]), tmp_path, log=lambda s: None)
+    assert next(gen)["epoch"] == 2  # how it runs may change: it resumes
+    gen.close()
 
 
 def test_corrupt_checkpoint_is_reported_not_restarted(tmp_path):
