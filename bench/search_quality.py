@@ -49,7 +49,7 @@ VARIANTS = ("family", "peers", "mixed", "grid", "pareto")  # "students" is read 
 
 def overrides(variant: str, mode: str, trials: int) -> dict:
     """The variant's changes to the shared search config (peers are cheaper a trial: twice the trials)."""
-    out = {**SEARCH[mode]["prune"], "num_trials": trials}
+    out = {**SEARCH[mode]["prune"], "num_trials": trials, "space.method": {"choices": ["cascade"]}}
     if variant == "peers":
         out.update(num_trials=2 * trials, space=PEER_SPACE)
     elif variant == "mixed":

@@ -48,8 +48,11 @@ def test_every_smoke_trial_finishes(smoke):
     assert [t.status for t in smoke.trials] == ["finished"] * 4
     for t in smoke.trials:
         assert 0 < t.flops < t.base_flops and 0 <= t.val_accuracy <= 100 and 0 <= t.test_accuracy <= 100
-        assert len(t.overrides["cascade.ratios"]) == t.config["num_tas"] + 1
-        assert t.name == f"t{t.name[1:3]}-{t.config['num_tas']}TA-k{t.config['student_ratio']:.2f}"
+        method = t.config.get("method", "cascade")
+        tas = t.config["num_tas"] if method == "cascade" else 0  # a peer is one model: no ladder
+        assert len(t.overrides["cascade.ratios"]) == tas + 1
+        label = f"{tas}TA" if method == "cascade" else method
+        assert t.name == f"t{t.name[1:3]}-{label}-k{t.config['student_ratio']:.2f}"
     for name in ("frontier.csv", "frontier.png", "trials.json", "search.yaml", "optuna.journal", "mlflow.db"):
         assert (smoke.run_dir / name).exists(), name
     assert any((smoke.run_dir / "artifacts").rglob("MLmodel"))  # artifacts beside the store, not in ./mlruns
@@ -58,11 +61,13 @@ def test_every_smoke_trial_finishes(smoke):
     assert {"val_accuracy", "test_accuracy", "member", "fine_tuned"} <= set(header)
     # every member is a point: a trial with n TAs records n of them beside its student, each counted and logged
     for t in smoke.trials:
-        assert [f["member"] for f in t.family] == list(range(1, t.config["num_tas"] + 1))
+        tas = t.config["num_tas"] if t.config.get("method", "cascade") == "cascade" else 0
+        assert [f["member"] for f in t.family] == list(range(1, tas + 1))
         for f in t.family:
             assert (f["model_uri"] is None) == (f["ratio"] == 0.0) and f["fine_tuned"] is False
             assert 0 < f["flops"] <= t.base_flops
         assert t.train_macs > 0 and t.wall_s > 0
+    assert any(t.family for t in smoke.trials)  # the smoke's draws include a cascade with a TA
     assert len(smoke.members) == 4 + sum(len(t.family) for t in smoke.trials)
     curve = json.loads((smoke.run_dir / "curve.json").read_text())
     assert len(curve) == 4 and [c["train_tmacs"] for c in curve] == sorted(c["train_tmacs"] for c in curve)
@@ -134,14 +139,18 @@ def test_mlflow_holds_parent_and_one_finished_nested_run_per_trial(smoke):
     for r in runs:
         assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.name == "digits"
         p, m = r.data.params, r.data.metrics
-        n = int(p["num_tas"])
-        assert {"student_ratio", "tau", "lambda_kd", "lr", "score_lr", "node_id"} <= set(p)
+        cascade = p.get("method", "cascade") == "cascade"
+        n = int(p["num_tas"]) if cascade else 0
+        assert {"student_ratio", "tau", "lambda_kd", "lr", "node_id"} <= set(p)
+        assert ("score_lr" in p) == cascade  # a peer draws no cascade-only value
         assert {f"ratio_m{i}" for i in range(n + 1)} <= set(p)
         assert {"val_accuracy", "test_accuracy", "flops", "params", "flops_reduction", "params_reduction"} <= set(m)
-        assert {f"val_acc/m{i}" for i in range(n + 1)} <= set(m) and {f"kept/m{i}" for i in range(n + 1)} <= set(m)
-        for key in ("val_acc/m0", "loss", "epoch_time"):  # one point per epoch (1 joint + 1 fine-tune)
+        assert {f"val_acc/m{i}" for i in range(n + 1)} <= set(m)
+        for key in ("val_acc/m0", "loss", "epoch_time"):  # one point per epoch (joint or distill, fine-tune)
             assert len(client.get_metric_history(r.info.run_id, key)) == 2, key
-        assert len(client.get_metric_history(r.info.run_id, "kept/m0")) == 1  # logged in the joint phase
+        if cascade:
+            assert {f"kept/m{i}" for i in range(n + 1)} <= set(m)
+            assert len(client.get_metric_history(r.info.run_id, "kept/m0")) == 1  # logged in the joint phase
         assert r.outputs.model_outputs  # the student is a logged model
 
 
@@ -248,7 +257,8 @@ def test_set_reaches_into_prune_and_space_and_print_config_shows_it(tmp_path, ca
 
 @pytest.mark.parametrize("override,field,says", [
     ("prune.optim.lr=1e9", "space.lr", "also fixed by prune.optim.lr"),          # fixed and searched
-    ("prune.cascade.ratios=[0.5,0.0]", "space.num_tas", "also fixed by prune.cascade.ratios"),
+    # the space's first key that writes the ladder (a peer's method sets a one-member ladder too)
+    ("prune.cascade.ratios=[0.5,0.0]", "space.method", "also fixed by prune.cascade.ratios"),
     ("space.tua.high=3", "space.tua", "unknown parameter"),                       # not "low is missing"
     ("space.optim.wd={low: 0.1, high: 0.2}", "space.optim.wd", "unknown parameter"),
 ])
