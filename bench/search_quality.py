@@ -74,7 +74,7 @@ def run_variant(variant: str, seed: int, args) -> dict:
     result = run_search(s["config"], ov)
     curve = json.loads((result.run_dir / "curve.json").read_text())
     return {"variant": variant, "seed": seed, "wall_s": time.time() - t0, "curve": curve,
-            "trials": len(result.trials), "finished": len(result.finished),
+            "trials": len(result.trials), "finished": len(result.finished), "frontier_points": len(result.frontier),
             "stopped": sum(t.status == "stopped" for t in result.trials)}
 
 
@@ -94,9 +94,15 @@ def summarize(rows: list[dict]) -> dict:
     views = [(v, v, "test_hypervolume") for v in VARIANTS] + [("students", "family", "student_test_hypervolume")]
     for name, variant, key in views:
         vals = [at_budget(r["curve"], budget, key)[0] for r in rows if r["variant"] == variant]
+        points = [r["frontier_points"] for r in rows if r["variant"] == variant and "frontier_points" in r]
+        final = [(r["curve"][-1][key] or 0.0, r["curve"][-1]["train_tmacs"]) for r in rows if r["variant"] == variant]
         if vals:
             out["variants"][name] = {"test_hypervolume": statistics.fmean(vals), "std": statistics.stdev(vals)
-                                     if len(vals) > 1 else 0.0, "seeds": len(vals)}
+                                     if len(vals) > 1 else 0.0, "seeds": len(vals),
+                                     "frontier_points": statistics.fmean(points) if points and name != "students"
+                                     else None,
+                                     "final_test_hypervolume": statistics.fmean(h for h, _ in final),
+                                     "final_tmacs": statistics.fmean(c for _, c in final)}
     reach = []
     for r in (r for r in rows if r["variant"] == "pareto"):
         fam = next((f for f in rows if f["variant"] == "family" and f["seed"] == r["seed"]), None)
@@ -112,17 +118,20 @@ def summarize(rows: list[dict]) -> dict:
 def plot(report: dict, path: Path) -> None:
     from search.frontier import plot_curve
 
-    curves = {f"{r['variant']} s{r['seed']}": [{**c, "hypervolume": c["test_hypervolume"]} for c in r["curve"]]
-              for r in report["rows"]}
-    plot_curve(curves, path, title="test hypervolume (frontier chosen on validation) vs training compute")
+    curves = {f"{r['variant']} s{r['seed']}": r["curve"] for r in report["rows"]}
+    plot_curve(curves, path, key="test_hypervolume", ylabel="test hypervolume (frontier chosen on validation)",
+               title="one line per search seed")
 
 
 def table(report: dict) -> str:
     s = report["summary"]
     lines = [f"At {s['budget_tmacs']:.2f} TMACs of training each:", "",
-             "| search | test hypervolume (mean ± std) | seeds |", "|---|---|---|"]
+             "| search | test hypervolume (mean ± std) | seeds | whole search: test hypervolume | its TMACs "
+             "| frontier points |", "|---|---|---|---|---|---|"]
     for name, v in sorted(s["variants"].items(), key=lambda kv: -kv[1]["test_hypervolume"]):
-        lines.append(f"| {name} | {v['test_hypervolume']:.4f} ± {v['std']:.4f} | {v['seeds']} |")
+        pts = "" if v.get("frontier_points") is None else f"{v['frontier_points']:.1f}"
+        lines.append(f"| {name} | {v['test_hypervolume']:.4f} ± {v['std']:.4f} | {v['seeds']} | "
+                     f"{v['final_test_hypervolume']:.4f} | {v['final_tmacs']:.2f} | {pts} |")
     if "pareto_compute_to_reach_family" in s:
         lines.append("\npareto reached family's final test hypervolume with "
                      + ", ".join("never" if x is None else f"{x:.0%}" for x in s["pareto_compute_to_reach_family"])
@@ -142,8 +151,9 @@ def main() -> None:
     ap.add_argument("--report", metavar="JSON")
     args = ap.parse_args()
     if args.report:
-        report = json.loads(Path(args.report).read_text())
-        return print(table(report))
+        out = Path(args.report)
+        report = json.loads(out.read_text())
+        return finish(report, out)
     if args.smoke:
         args.seeds, args.trials = args.seeds[:1], 2
     out = Path(args.out)
@@ -165,10 +175,14 @@ def main() -> None:
                       f"{row['curve'][-1]['test_hypervolume'] or 0:.4f}", flush=True)
     finally:
         if report["rows"]:
-            report["summary"] = summarize(report["rows"])
-            out.write_text(json.dumps(report, indent=1))
-            plot(report, out.with_suffix(".png"))
-            print(table(report))
+            finish(report, out)
+
+
+def finish(report: dict, out: Path) -> None:
+    report["summary"] = summarize(report["rows"])
+    out.write_text(json.dumps(report, indent=1))
+    plot(report, out.with_suffix(".png"))
+    print(table(report))
 
 
 if __name__ == "__main__":

@@ -142,8 +142,10 @@ def plot_frontier(trials: list[TrialRecord], frontier: list[TrialRecord], path: 
     plt.close(fig)
 
 
-def plot_curve(curves: dict[str, list[dict]] | list[dict], path: str | Path, *, title: str = "") -> None:
-    """Hypervolume against the counted training compute spent so far, one line per search (``curve.json``)."""
+def plot_curve(curves: dict[str, list[dict]] | list[dict], path: str | Path, *, title: str = "",
+               key: str = "hypervolume", ylabel: str = "hypervolume (validation)") -> None:
+    """Hypervolume against the counted training compute spent so far, one line per search (``curve.json``);
+    searches named ``"<group> <run>"`` share their group's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,11 +153,15 @@ def plot_curve(curves: dict[str, list[dict]] | list[dict], path: str | Path, *, 
 
     curves = curves if isinstance(curves, dict) else {title or "search": curves}
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colours: dict[str, str] = {}
     for name, curve in curves.items():
-        pts = [(c["train_tmacs"], c["hypervolume"]) for c in curve if c["hypervolume"] is not None]
+        pts = [(c["train_tmacs"], c[key]) for c in curve if c.get(key) is not None]
+        group = name.split(" ")[0]
         if pts:
-            ax.step(*zip(*pts), where="post", label=name)
-    ax.set(xlabel="training compute spent (TMACs, counted)", ylabel="hypervolume (validation)", title=title)
+            new = group not in colours
+            colours.setdefault(group, f"C{len(colours) % 10}")
+            ax.step(*zip(*pts), where="post", color=colours[group], label=group if new else None, alpha=0.8)
+    ax.set(xlabel="training compute spent (TMACs, counted)", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
