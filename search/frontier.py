@@ -151,12 +151,13 @@ def plot_curve(curves: dict[str, list[dict]] | list[dict], path: str | Path, *, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = curves if isinstance(curves, dict) else {title or "search": curves}
+    grouped = isinstance(curves, dict)
+    curves = curves if grouped else {title or "search": curves}
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colours: dict[str, str] = {}
     for name, curve in curves.items():
         pts = [(c["train_tmacs"], c[key]) for c in curve if c.get(key) is not None]
-        group = name.split(" ")[0]
+        group = name.split(" ")[0] if grouped else name
         if pts:
             new = group not in colours
             colours.setdefault(group, f"C{len(colours) % 10}")

@@ -43,13 +43,17 @@ def smoke(tmp_path_factory, local_ray):
 
 
 @pytest.mark.slow
+def tas_of(t) -> int:
+    """A trial's sampled TA count; a peer is one model, with no ladder."""
+    return t.config["num_tas"] if t.config.get("method", "cascade") == "cascade" else 0
+
+
 def test_every_smoke_trial_finishes(smoke):
     assert len(smoke.trials) == 4
     assert [t.status for t in smoke.trials] == ["finished"] * 4
     for t in smoke.trials:
         assert 0 < t.flops < t.base_flops and 0 <= t.val_accuracy <= 100 and 0 <= t.test_accuracy <= 100
-        method = t.config.get("method", "cascade")
-        tas = t.config["num_tas"] if method == "cascade" else 0  # a peer is one model: no ladder
+        method, tas = t.config.get("method", "cascade"), tas_of(t)
         assert len(t.overrides["cascade.ratios"]) == tas + 1
         label = f"{tas}TA" if method == "cascade" else method
         assert t.name == f"t{t.name[1:3]}-{label}-k{t.config['student_ratio']:.2f}"
@@ -61,8 +65,7 @@ def test_every_smoke_trial_finishes(smoke):
     assert {"val_accuracy", "test_accuracy", "member", "fine_tuned"} <= set(header)
     # every member is a point: a trial with n TAs records n of them beside its student, each counted and logged
     for t in smoke.trials:
-        tas = t.config["num_tas"] if t.config.get("method", "cascade") == "cascade" else 0
-        assert [f["member"] for f in t.family] == list(range(1, tas + 1))
+        assert [f["member"] for f in t.family] == list(range(1, tas_of(t) + 1))
         for f in t.family:
             assert (f["model_uri"] is None) == (f["ratio"] == 0.0) and f["fine_tuned"] is False
             assert 0 < f["flops"] <= t.base_flops
@@ -255,16 +258,19 @@ def test_set_reaches_into_prune_and_space_and_print_config_shows_it(tmp_path, ca
     assert capsys.readouterr().err.startswith("error: space.tau.low:")
 
 
-@pytest.mark.parametrize("override,field,says", [
-    ("prune.optim.lr=1e9", "space.lr", "also fixed by prune.optim.lr"),          # fixed and searched
+@pytest.mark.parametrize("overrides,field,says", [
+    (["prune.optim.lr=1e9"], "space.lr", "also fixed by prune.optim.lr"),          # fixed and searched
     # the space's first key that writes the ladder (a peer's method sets a one-member ladder too)
-    ("prune.cascade.ratios=[0.5,0.0]", "space.method", "also fixed by prune.cascade.ratios"),
-    ("space.tua.high=3", "space.tua", "unknown parameter"),                       # not "low is missing"
-    ("space.optim.wd={low: 0.1, high: 0.2}", "space.optim.wd", "unknown parameter"),
+    (["prune.cascade.ratios=[0.5,0.0]"], "space.method", "also fixed by prune.cascade.ratios"),
+    (["space={num_tas: {low: 0, high: 2}}", "prune.cascade.ratios=[0.5,0.0]"], "space.num_tas",
+     "also fixed by prune.cascade.ratios"),
+    (["space.tua.high=3"], "space.tua", "unknown parameter"),                       # not "low is missing"
+    (["space.optim.wd={low: 0.1, high: 0.2}"], "space.optim.wd", "unknown parameter"),
 ])
-def test_one_value_one_place_and_unknown_parameters_are_named(override, field, says, tmp_path, capsys,
+def test_one_value_one_place_and_unknown_parameters_are_named(overrides, field, says, tmp_path, capsys,
                                                               ray_forbidden):
-    assert main(["search", str(SMOKE), "--set", f"results_dir={tmp_path / 'r'}", "--set", override]) == 2
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["search", str(SMOKE), "--set", f"results_dir={tmp_path / 'r'}", *sets]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}:") and says in err[0], err
     assert not (tmp_path / "r").exists()
