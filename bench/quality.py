@@ -55,7 +55,7 @@ from spaces import member_ratios  # noqa: E402
 VARIANTS = {
     "no_hints": ["loss.lambda_h=0"],
     "lr_run": ["optim.lr_schedule=run"],            # one lr schedule over both phases
-    "keep_stem": ["cascade.prune_stem=false"],      # METHOD.md's whole stem
+    "keep_stem": ["cascade.prune_stem=false"],      # the paper's whole stem
     "score_cosine": ["optim.score_schedule=cosine"],
     "shared_own_grads": ["loss.own_grads=shared"],
     "filters_budget": ["cascade.budget=filters"],   # the paper's k: a fraction of the filters
@@ -321,56 +321,92 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def finish(report: dict, out: Path) -> None:
+def conclude(report: dict) -> None:
     report["summary"] = summarize(report["rows"])
     report["verdict"] = verdict(report["summary"])
-    out.write_text(json.dumps(report, indent=2))
+
+
+def show(report: dict, out: Path) -> None:
     plot(report, out.with_suffix(".png"))
     print(table(report))
+
+
+def _key(r: dict) -> tuple:
+    return r["teacher"], r["row"], r["target"], r["seed"]
+
+
+def _write(out: Path, report: dict) -> None:
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out)  # atomic: a reader never sees half a file
+
+
+def merge_saved(out: Path, settings: dict, update) -> dict:
+    """Read ``out`` under a lock, apply ``update(report)`` and write it back: several processes (one per
+    teacher, say: the 2 cores run two rows at a time) share one JSON without losing each other's rows. A file
+    of other settings is refused, not overwritten."""
+    import fcntl
+
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        report = json.loads(out.read_text()) if out.exists() else {"settings": settings, "rows": [], "teachers": {}}
+        if report.get("settings") != settings:
+            diff = {k: (report.get("settings", {}).get(k), v) for k, v in settings.items()
+                    if report.get("settings", {}).get(k) != v}
+            raise SystemExit(f"{out} holds rows of other settings ({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())}): "
+                             f"pass another --out")
+        update(report)
+        _write(out, report)
+        return report
 
 
 def main() -> None:
     args = parser().parse_args()
     if args.report:
         out = Path(args.report)
-        return finish(json.loads(out.read_text()), out)
+        report = json.loads(out.read_text())
+        conclude(report)
+        _write(out, report)
+        return show(report, out)
     if not (args.data and args.teacher and args.rows):
         parser().error("--data, --teacher and --rows are needed (or --report)")
     teachers = dict(t.split("=", 1) for t in args.teacher)
     out = Path(args.out)
     settings = {"width": args.width, "train_subset": args.train_subset, "val_fraction": args.val_fraction,
-                "set": args.set, "data": str(Path(args.data).resolve())}
-    report = json.loads(out.read_text()) if out.exists() else {}
-    if report.get("settings") != settings:
-        report = {"settings": settings, "rows": [], "teachers": {}}
+                "set": args.set, "data": Path(args.data).resolve().name}
+    merge_saved(out, settings, lambda report: None)  # other settings: refused before any work
     device = resolve_device("auto")
     data = load_prune_data(load_prune_config(None, shared_overrides(args, next(iter(teachers.values())), 0)))
-    report["machine"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                         "device": str(device), "threads": torch.get_num_threads()}
+    measured = {}
     for name, path in teachers.items():
         model, acc = get_teacher(load_prune_config(None, shared_overrides(args, path, 0)), data, device,
                                  log=lambda s: None)
-        report["teachers"][name] = {"path": str(Path(path).resolve()), "test_accuracy": acc,
-                                    "val_accuracy": float(evaluate(model, data.val, device))}
+        measured[name] = {"path": path, "test_accuracy": acc, "val_accuracy": float(evaluate(model, data.val, device))}
+
+    def add_teachers(report):
+        report["teachers"].update(measured)
+        report["machine"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                             "device": str(device), "threads": torch.get_num_threads()}
+    report = merge_saved(out, settings, add_teachers)
     print(f"{len(data.train)} training, {len(data.val)} validation, {len(data.test)} test images; teachers "
-          + ", ".join(f"{k} {v['test_accuracy']:.2f}%" for k, v in report["teachers"].items()), flush=True)
-    done = {(r["teacher"], r["row"], r["target"], r["seed"]) for r in report["rows"]}
+          + ", ".join(f"{k} {v['test_accuracy']:.2f}%" for k, v in measured.items()), flush=True)
     try:
         for seed in args.seeds:
             for target in args.targets:
                 for name, path in teachers.items():
                     for row in args.rows:
-                        if (name, row["name"], target, seed) in done:
+                        if (name, row["name"], target, seed) in {_key(r) for r in report["rows"]}:
                             continue
                         r = run_row(args, row, name, path, target, seed, data)
-                        report["rows"].append(r)
-                        out.write_text(json.dumps(report, indent=2))
+                        report = merge_saved(out, settings, lambda rep: rep["rows"].append(r)
+                                             if _key(r) not in {_key(x) for x in rep["rows"]} else None)
                         print(f"== {name} {row['name']} -{target:.0%} s{seed}: test {r['accuracy']:.2f} val "
                               f"{r['val_accuracy']:.2f} at {r['flops'] / 1e6:.2f}M, {r['train_macs'] / 1e12:.2f} "
                               f"TMACs, {r['wall_s']:.0f}s (load {r['load_avg']:.1f})", flush=True)
     finally:
+        report = merge_saved(out, settings, conclude)
         if report["rows"]:
-            finish(report, out)
+            show(report, out)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ class CascadeNet(nn.Module):
     ``ratios[i]`` is the fraction member i removes (of the FLOPs, params or filters: ``budget``), student
     first, strictly decreasing. ``forward(x)`` returns one logits tensor per member, student first.
     ``prune_stem``: the stem's filters are prunable too (each member masks its own stem); off, every member keeps
-    its stem whole, as METHOD.md has it.
+    its stem whole, as the paper has it.
     Models that cannot be pruned exactly are refused with a ValueError naming the reason and the layer.
     """
 
@@ -81,8 +81,8 @@ class CascadeNet(nn.Module):
         if not isinstance(head, nn.Linear):
             raise ValueError(f"cannot prune: the head {self.head_name!r} must be nn.Linear, got {type(head).__name__}")
         # prune_stem: the stem's output filters join the pruning, each member masking its own stem by its own
-        # threshold (a whole stem, METHOD.md's, keeps its full-resolution FLOPs and takes them from every later
-        # layer: README, "where the defaults differ")
+        # threshold (the paper's whole stem keeps its full-resolution FLOPs and takes them from every later
+        # layer: docs/method.md)
         ignored = [self.head_name] if prune_stem else [self.stem_name, self.head_name]
         self.groups: list[PruneGroup] = find_groups(body, example_input, ignored=ignored)
 

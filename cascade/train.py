@@ -357,8 +357,8 @@ def _joint_phase(run: _Run) -> Generator[dict, None, None]:
 
         def after_backward() -> None:
             moments.add(net.scores.grad)  # the routed gradient each member's scores receive
-            if saliency:
-                saliency.update(net.scores.data, net.scores.grad)
+            if saliency:  # the Parameter itself: a write through .data leaves the eval masks' cache stale
+                saliency.update(net.scores, net.scores.grad)
             if rescale:
                 rescale()
 

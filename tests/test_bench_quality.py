@@ -80,6 +80,35 @@ def test_the_allocation_control_keeps_the_cascades_widths():
     assert got == kept
 
 
+def test_processes_share_one_json_and_a_file_of_other_settings_is_refused(tmp_path):
+    """Two runs (one per teacher, say) append to one JSON under a lock, each re-reading it first, so neither
+    loses the other's rows; a file written with other settings is refused, not overwritten."""
+    import multiprocessing as mp
+
+    q = _quality()
+    out, settings = tmp_path / "q.json", {"width": 0.25, "data": "cifar10-jpg"}
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_append_rows, args=(str(out), settings, t)) for t in ("A", "B")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["teacher"], r["seed"]) for r in rows) == [(t, s) for t in "AB" for s in range(20)]
+    before = out.read_text()
+    with pytest.raises(SystemExit, match="width: 0.25 there, 1.0 here"):
+        q.merge_saved(out, {**settings, "width": 1.0}, lambda rep: rep["rows"].clear())
+    assert out.read_text() == before
+
+
+def _append_rows(out, settings, teacher):
+    q = _quality()
+    for seed in range(20):
+        row = {"teacher": teacher, "row": "l1@16", "target": 0.83, "seed": seed}
+        q.merge_saved(Path(out), settings, lambda rep: rep["rows"].append(row))
+
+
 @pytest.mark.slow
 def test_a_bench_run_saves_rows_and_resumes_without_redoing_them(tmp_path):
     from test_data import _image_folder

@@ -59,15 +59,16 @@ def mlflow_server(tmp_path):
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
+    deadline = time.time() + 600  # a hang's limit: a loaded machine starts the server in minutes, not seconds
+    while True:
         try:
             if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
                 break
         except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("mlflow server did not start")
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start")
     yield url, tmp_path / "artifacts"
     os.killpg(proc.pid, 9)  # its graceful stop takes seconds; a test store needs none
     proc.wait(timeout=30)
