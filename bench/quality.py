@@ -24,10 +24,11 @@ teacher's split: ``../shared/data/teachers/README.md``); test is reported only. 
 
 Every row records its test and validation accuracy, FLOPs, its counted training MACs (forward and backward of
 every trained model, the frozen teachers' forwards) and its wall time with the machine's load. Rows are saved as
-they finish and skipped on a rerun, so an interrupted run resumes. The verdict, per target, selects on
-validation and compares on test, twice: at equal epochs, and at equal compute (the peer row with the least
-training MACs at or above the cascade's). Writes the JSON, a markdown table on stdout and the JSON's .png
-(accuracy vs training MACs).
+they finish and skipped on a rerun, so an interrupted run resumes; several processes (one per teacher or row
+list) may share one ``--out``. The verdict, per target, takes the confirmed rows (more than one run) on the
+teachers and seeds they all have, selects on validation and compares on test, twice: at equal epochs, and at
+equal compute (the peer row with the least training MACs at or above the cascade's). Writes the JSON, a
+markdown table on stdout and the JSON's .png (accuracy vs training MACs).
 """
 from __future__ import annotations
 
@@ -217,6 +218,23 @@ def is_peer(s: dict) -> bool:
     return not is_cascade(s) and not set(s["variants"]) & set(CONTROLS)
 
 
+def comparable(rows: list[dict]) -> list[dict]:
+    """The rows a verdict compares, per target: the confirmed ones (run with more than one teacher or seed; a
+    one-run screen row never competes), each restricted to the runs (teacher, seed) every confirmed row has, so
+    means over the same teachers and seeds are compared (teacher B's students are better for every method)."""
+    out = []
+    for target in sorted({r["target"] for r in rows}):
+        here = [r for r in rows if r["target"] == target]
+        runs: dict[str, set] = {}
+        for r in here:
+            runs.setdefault(r["row"], set()).add((r["teacher"], r["seed"]))
+        confirmed = {name: rs for name, rs in runs.items() if len(rs) > 1}
+        common = set.intersection(*confirmed.values()) if confirmed else set()
+        if len(common) > 1:
+            out += [r for r in here if r["row"] in confirmed and (r["teacher"], r["seed"]) in common]
+    return out
+
+
 def verdict(summary: list[dict]) -> dict[str, dict]:
     """Per target, among the rows with the most runs (controls never compete): at each epoch count with both,
     the validation-best cascade against the validation-best peer; at equal compute, the validation-best cascade
@@ -262,6 +280,14 @@ def verdict(summary: list[dict]) -> dict[str, dict]:
     return out
 
 
+def paired(rows: list[dict], target: float, a: str, b: str, runs: list[str]) -> str:
+    """The gap a - b run by run (``runs``: teacher and seed, ``A0``), paired (the spread the means hide)."""
+    acc = {(r["row"], r["teacher"], r["seed"]): r["accuracy"] for r in rows
+           if r["target"] == target and f"{r['teacher']}{r['seed']}" in runs}
+    pairs = sorted((t, s) for (row, t, s) in acc if row == a and (b, t, s) in acc)
+    return "; per run: " + ", ".join(f"{t}{s} {acc[(a, t, s)] - acc[(b, t, s)]:+.2f}" for t, s in pairs) if pairs else ""
+
+
 def table(report: dict) -> str:
     lines = []
     for target in sorted({s["target"] for s in report["summary"]}):
@@ -272,15 +298,20 @@ def table(report: dict) -> str:
                   f"{s['val_accuracy']:.2f} | {s['flops'] / 1e6:.2f} | {s['train_macs'] / 1e12:.2f} | "
                   f"{s['wall_s']:.0f} ({s['load_avg']:.1f}) |" for s in rows]
         v = report["verdict"].get(str(target), {})
+        if v:
+            lines.append(f"\nThe verdict compares the rows run on every one of {', '.join(v['runs'])} (teacher and "
+                         f"seed), selected on validation, on test:")
         for e in v.get("equal_epochs", []):
             lines.append(f"\nEqual epochs ({e['epochs']}): {e['cascade']} {e['cascade_accuracy']:.2f} vs {e['peer']} "
-                         f"{e['peer_accuracy']:.2f}: {e['gap']:+.2f} points, at {e['macs_ratio']:.1f}x the peer's MACs")
+                         f"{e['peer_accuracy']:.2f}: {e['gap']:+.2f} points, at {e['macs_ratio']:.1f}x the peer's MACs"
+                         + paired(report["rows"], target, e["cascade"], e["peer"], v["runs"]))
         for key, label in (("equal_compute", "Equal compute"), ("within_compute", "Within the cascade's compute")):
             if key in v:
                 e = v[key]
                 lines.append(f"\n{label}: {e['cascade']} {e['cascade_accuracy']:.2f} "
                              f"({e['cascade_macs'] / 1e12:.2f} TMACs) vs {e['peer']} {e['peer_accuracy']:.2f} "
-                             f"({e['peer_macs'] / 1e12:.2f} TMACs): {e['gap']:+.2f} points")
+                             f"({e['peer_macs'] / 1e12:.2f} TMACs): {e['gap']:+.2f} points"
+                             + paired(report["rows"], target, e["cascade"], e["peer"], v["runs"]))
     t = report["teachers"]
     lines.append("\nTeachers: " + ", ".join(f"{k} {v['test_accuracy']:.2f}% test / {v['val_accuracy']:.2f}% val"
                                            for k, v in t.items()))
@@ -295,6 +326,11 @@ def plot(report: dict, path: Path) -> None:
 
     targets = sorted({s["target"] for s in report["summary"]})
     fig, axes = plt.subplots(1, len(targets), figsize=(7 * len(targets), 4.8), squeeze=False)
+    # one colour per row family in every panel: the cascades blue to purple, the peers orange to olive
+    names = sorted({s["row"].split("@")[0] for s in report["summary"]})
+    cascades, peers = [n for n in names if n.startswith("cascade_")], [n for n in names if not n.startswith("cascade_")]
+    colour = {**{n: plt.cm.winter(i / max(1, len(cascades) - 1)) for i, n in enumerate(cascades)},
+              **{n: plt.cm.autumn(0.85 * i / max(1, len(peers) - 1)) for i, n in enumerate(peers)}}
     for ax, target in zip(axes[0], targets):
         fams: dict[str, list[dict]] = {}
         for s in report["summary"]:
@@ -305,11 +341,14 @@ def plot(report: dict, path: Path) -> None:
             cascade = fam.startswith("cascade_")
             ax.errorbar([s["train_macs"] / 1e12 for s in ss], [s["accuracy"] for s in ss],
                         yerr=[s["accuracy_std"] for s in ss], marker="o" if cascade else "s", capsize=3,
-                        linestyle="-" if ":" not in fam else "--", label=f"{fam} ({ss[0]['runs']} runs)")
+                        linestyle="-" if ":" not in fam else "--", label=fam, color=colour[fam],
+                        linewidth=2.2 if fam in ("cascade_2ta", "l1") else 1.0)  # the default, the best peer
             for s in ss:
-                ax.annotate(str(s["epochs"]), (s["train_macs"] / 1e12, s["accuracy"]), fontsize=6,
-                            textcoords="offset points", xytext=(3, 3))
-        ax.set(xscale="log", xlabel="training TMACs (counted; labels: epochs)", ylabel="test accuracy (%)",
+                ax.annotate(f"{s['epochs']}" + (f" ×{s['runs']}" if s["runs"] > 1 else ""),
+                            (s["train_macs"] / 1e12, s["accuracy"]), fontsize=6, textcoords="offset points",
+                            xytext=(3, 3))
+        ax.set(xscale="log", xlabel="training TMACs (counted; labels: epochs, × runs where more than one)",
+               ylabel="test accuracy (%, mean ± std over teachers and seeds)",
                title=f"-{target:.0%} FLOPs")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -323,7 +362,10 @@ def plot(report: dict, path: Path) -> None:
 
 def conclude(report: dict) -> None:
     report["summary"] = summarize(report["rows"])
-    report["verdict"] = verdict(report["summary"])
+    rows = comparable(report["rows"])
+    report["verdict"] = verdict(summarize(rows))
+    for target, v in report["verdict"].items():
+        v["runs"] = sorted({f"{r['teacher']}{r['seed']}" for r in rows if str(r["target"]) == target})
 
 
 def show(report: dict, out: Path) -> None:

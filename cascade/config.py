@@ -250,8 +250,8 @@ class TeacherConfig:
 
 @dataclass
 class CascadeConfig:
-    ratios: list[float] = opt([0.6, 0.0], "the fraction each member removes, student first, strictly decreasing; "
-                                          "a peer prunes to the first")
+    ratios: list[float] = opt([0.6, 0.4, 0.0], "the fraction each member removes, student first, strictly "
+                                               "decreasing (the paper's k0, k0/1.5, 0); a peer prunes to the first")
     budget: Literal[BUDGETS] = opt("flops", "what a ratio removes a fraction of")
     score_init: Literal[SCORE_INITS] = opt("rank", "rank: each filter's L1 rank in its layer (starts as uniform "
                                                    "L1 pruning); l1: L1 / layer max; random")

@@ -65,6 +65,25 @@ def test_the_verdict_selects_on_validation_at_equal_epochs_and_at_equal_compute(
     assert (w["peer"], w["peer_macs"]) == ("l1@32", 60) and w["gap"] == pytest.approx(69.0 - 69.4)
 
 
+def test_the_verdict_compares_confirmed_rows_on_the_runs_they_all_have():
+    q = _quality()
+
+    def r(row, teacher, seed, acc=70.0):
+        return {"row": row, "method": row.split("@")[0], "variants": [], "epochs": 16, "teacher": teacher,
+                "seed": seed, "target": 0.83, "accuracy": acc, "val_accuracy": acc, "flops": 1.0, "train_macs": 1.0,
+                "wall_s": 1.0, "load_avg": 1.0}
+
+    rows = [r(row, t, s) for row in ("cascade_1ta@8+8", "l1@16") for t, s in (("A", 0), ("A", 1), ("B", 0))]
+    rows += [r("cascade_2ta@8+8", "A", 0), r("cascade_2ta@8+8", "A", 1)]   # no teacher B run
+    rows += [r("l1@64", "A", 0)]                                           # a screen row: one run
+    kept = q.comparable(rows)
+    assert {x["row"] for x in kept} == {"cascade_1ta@8+8", "l1@16", "cascade_2ta@8+8"}
+    assert {(x["teacher"], x["seed"]) for x in kept} == {("A", 0), ("A", 1)}
+    rep = {"rows": rows + [r("l1@32", "A", 0), r("l1@32", "A", 1)]}
+    q.conclude(rep)
+    assert rep["verdict"]["0.83"]["runs"] == ["A0", "A1"]
+
+
 def test_the_allocation_control_keeps_the_cascades_widths():
     q = _quality()
     torch.manual_seed(0)

@@ -34,4 +34,4 @@ def test_help_answers_without_torch():
     p = subprocess.run([sys.executable, "-c", "import sys, cascade_cli\ntry:\n    cascade_cli.main(['prune', "
                         "'--help'])\nexcept SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m in "
                         "('torch', 'ray', 'mlflow', 'optuna')))"], capture_output=True, text=True, cwd=ROOT)
-    assert "cascade.ratios  (list[float]; default [0.6, 0.0])" in p.stdout and p.stdout.strip().endswith("[]")
+    assert "cascade.ratios  (list[float]; default [0.6, 0.4, 0.0])" in p.stdout and p.stdout.strip().endswith("[]")
