@@ -150,12 +150,16 @@ def test_a_bench_run_saves_rows_and_resumes_without_redoing_them(tmp_path):
     # per image, a joint step costs 3 x 2 full-width members + the teacher's forward (7 units), a peer's step
     # 3 x its half-size student + the teacher (2.5): over 1 + 1 epochs against 2, about 1.9x
     assert 1.5 < c["train_macs"] / p["train_macs"] < 2.5
-    assert rep["verdict"]["0.5"]["equal_epochs"][0]["epochs"] == 2 and out.with_suffix(".png").exists()
-    again = subprocess.run(argv + ["taylor@2"], capture_output=True, text=True, timeout=600)
+    assert rep["verdict"] == {} and out.with_suffix(".png").exists()  # one run a row: a screen, no verdict
+    again = subprocess.run(argv + ["taylor@2", "--seeds", "0", "1"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["row"] for r in rows] == ["cascade_1ta@1+1", "l1@2", "l1:cascade_widths@2", "taylor@2"]
-    assert rows[0] == rep["rows"][0]  # kept, not rerun
+    rep2 = json.loads(out.read_text())
+    assert [(r["row"], r["seed"]) for r in rep2["rows"]] == [
+        ("cascade_1ta@1+1", 0), ("l1@2", 0), ("l1:cascade_widths@2", 0), ("taylor@2", 0),
+        ("cascade_1ta@1+1", 1), ("l1@2", 1), ("l1:cascade_widths@2", 1), ("taylor@2", 1)]
+    assert rep2["rows"][0] == rep["rows"][0]  # kept, not rerun
+    v = rep2["verdict"]["0.5"]
+    assert v["runs"] == ["A0", "A1"] and v["equal_epochs"][0]["epochs"] == 2
 
 
 def _search_bench():
