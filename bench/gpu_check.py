@@ -416,10 +416,10 @@ def main() -> None:
     if args.smoke:
         args.width, args.batch, args.large_batch, args.iters, args.max_members = 0.125, 16, 32, 2, 2
         args.steps, args.pack = 3, [1, 2]
-    if args.deadline is None:
-        args.deadline = float("inf") if args.smoke else 420.0
     elif not args.data and not args.worker:
         ap.error("--data is needed off --smoke")
+    if args.deadline is None:
+        args.deadline = float("inf") if args.smoke else 420.0
     # seconds each part needs at least (checked against the deadline before it starts)
     args.costs = {"steps": 20, "epoch_run": 40, "pack": 25, "compile": 60} if not args.smoke else \
         {"steps": 0, "epoch_run": 0, "pack": 0, "compile": 0}

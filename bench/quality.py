@@ -219,9 +219,10 @@ def is_peer(s: dict) -> bool:
 
 
 def comparable(rows: list[dict]) -> list[dict]:
-    """The rows a verdict compares, per target: the confirmed ones (run with more than one teacher or seed; a
-    one-run screen row never competes), each restricted to the runs (teacher, seed) every confirmed row has, so
-    means over the same teachers and seeds are compared (teacher B's students are better for every method)."""
+    """The rows a verdict compares, per target: confirmed ones (run with more than one teacher or seed; a one-run
+    screen row never competes) on one set of runs (teacher, seed), so means over the same teachers and seeds are
+    compared (teacher B's students are better for every method). The set is the largest that a cascade row and a
+    peer row both have; a confirmed row missing some of its runs sits the verdict out (listed, not compared)."""
     out = []
     for target in sorted({r["target"] for r in rows}):
         here = [r for r in rows if r["target"] == target]
@@ -229,9 +230,17 @@ def comparable(rows: list[dict]) -> list[dict]:
         for r in here:
             runs.setdefault(r["row"], set()).add((r["teacher"], r["seed"]))
         confirmed = {name: rs for name, rs in runs.items() if len(rs) > 1}
-        common = set.intersection(*confirmed.values()) if confirmed else set()
-        if len(common) > 1:
-            out += [r for r in here if r["row"] in confirmed and (r["teacher"], r["seed"]) in common]
+        kind = {r["row"]: "cascade" if is_cascade(r) else "peer" if is_peer(r) else "control" for r in here}
+
+        def members(common):  # the confirmed rows that have every run of the set
+            return [name for name, rs in confirmed.items() if common <= rs]
+
+        candidates = [rs for rs in confirmed.values() if {"cascade", "peer"} <= {kind[n] for n in members(rs)}]
+        if not candidates:
+            continue
+        common = max(candidates, key=lambda rs: (len(rs), len(members(rs)), sorted(rs)))
+        keep = set(members(common))
+        out += [r for r in here if r["row"] in keep and (r["teacher"], r["seed"]) in common]
     return out
 
 
@@ -377,6 +386,11 @@ def _key(r: dict) -> tuple:
     return r["teacher"], r["row"], r["target"], r["seed"]
 
 
+def _add_row(rows: list[dict], row: dict) -> None:
+    if _key(row) not in {_key(x) for x in rows}:  # two processes that both ran it keep one
+        rows.append(row)
+
+
 def _write(out: Path, report: dict) -> None:
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(report, indent=2))
@@ -392,11 +406,11 @@ def merge_saved(out: Path, settings: dict, update) -> dict:
     with open(out.with_name(out.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         report = json.loads(out.read_text()) if out.exists() else {"settings": settings, "rows": [], "teachers": {}}
-        if report.get("settings") != settings:
-            diff = {k: (report.get("settings", {}).get(k), v) for k, v in settings.items()
-                    if report.get("settings", {}).get(k) != v}
-            raise SystemExit(f"{out} holds rows of other settings ({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())}): "
-                             f"pass another --out")
+        theirs = report.get("settings", {})
+        if theirs != settings:
+            diff = ", ".join(f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in settings.items()
+                             if theirs.get(k) != v)
+            raise SystemExit(f"{out} holds rows of other settings ({diff}): pass another --out")
         update(report)
         _write(out, report)
         return report
@@ -423,13 +437,19 @@ def main() -> None:
     for name, path in teachers.items():
         model, acc = get_teacher(load_prune_config(None, shared_overrides(args, path, 0)), data, device,
                                  log=lambda s: None)
-        measured[name] = {"path": path, "test_accuracy": acc, "val_accuracy": float(evaluate(model, data.val, device))}
+        measured[name] = {"path": path, "test_accuracy": acc, "val_accuracy": float(evaluate(model, data.val, device)),
+                          "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
     def add_teachers(report):
+        for name, now in measured.items():  # a name's rows must all come from one teacher
+            was = report["teachers"].get(name)
+            if was and (was.get("sha256", now["sha256"]), was["test_accuracy"]) != (now["sha256"], now["test_accuracy"]):
+                raise SystemExit(f"--teacher {name}={now['path']} is not the teacher {name} of {out}'s rows "
+                                 f"({was['path']}, test {was['test_accuracy']:.2f}%): give it another name")
         report["teachers"].update(measured)
         report["machine"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
                              "device": str(device), "threads": torch.get_num_threads()}
-    report = merge_saved(out, settings, add_teachers)
+    merge_saved(out, settings, add_teachers)
     print(f"{len(data.train)} training, {len(data.val)} validation, {len(data.test)} test images; teachers "
           + ", ".join(f"{k} {v['test_accuracy']:.2f}%" for k, v in measured.items()), flush=True)
     try:
@@ -437,11 +457,12 @@ def main() -> None:
             for target in args.targets:
                 for name, path in teachers.items():
                     for row in args.rows:
-                        if (name, row["name"], target, seed) in {_key(r) for r in report["rows"]}:
+                        # read afresh: another process sharing --out may have run this row meanwhile
+                        saved = merge_saved(out, settings, lambda rep: None)["rows"]
+                        if (name, row["name"], target, seed) in {_key(x) for x in saved}:
                             continue
                         r = run_row(args, row, name, path, target, seed, data)
-                        report = merge_saved(out, settings, lambda rep: rep["rows"].append(r)
-                                             if _key(r) not in {_key(x) for x in rep["rows"]} else None)
+                        merge_saved(out, settings, lambda rep: _add_row(rep["rows"], r))
                         print(f"== {name} {row['name']} -{target:.0%} s{seed}: test {r['accuracy']:.2f} val "
                               f"{r['val_accuracy']:.2f} at {r['flops'] / 1e6:.2f}M, {r['train_macs'] / 1e12:.2f} "
                               f"TMACs, {r['wall_s']:.0f}s (load {r['load_avg']:.1f})", flush=True)

@@ -65,23 +65,27 @@ def test_the_verdict_selects_on_validation_at_equal_epochs_and_at_equal_compute(
     assert (w["peer"], w["peer_macs"]) == ("l1@32", 60) and w["gap"] == pytest.approx(69.0 - 69.4)
 
 
-def test_the_verdict_compares_confirmed_rows_on_the_runs_they_all_have():
+def test_the_verdict_compares_confirmed_rows_on_the_largest_set_of_runs_a_cascade_and_a_peer_share():
     q = _quality()
 
     def r(row, teacher, seed, acc=70.0):
-        return {"row": row, "method": row.split("@")[0], "variants": [], "epochs": 16, "teacher": teacher,
-                "seed": seed, "target": 0.83, "accuracy": acc, "val_accuracy": acc, "flops": 1.0, "train_macs": 1.0,
-                "wall_s": 1.0, "load_avg": 1.0}
+        variants = row.split("@")[0].split(":")[1:]
+        return {"row": row, "method": row.split("@")[0].split(":")[0], "variants": variants, "epochs": 16,
+                "teacher": teacher, "seed": seed, "target": 0.83, "accuracy": acc, "val_accuracy": acc, "flops": 1.0,
+                "train_macs": 1.0, "wall_s": 1.0, "load_avg": 1.0}
 
-    rows = [r(row, t, s) for row in ("cascade_1ta@8+8", "l1@16") for t, s in (("A", 0), ("A", 1), ("B", 0))]
-    rows += [r("cascade_2ta@8+8", "A", 0), r("cascade_2ta@8+8", "A", 1)]   # no teacher B run
+    ab, ac = (("A", 0), ("A", 1), ("B", 0)), (("A", 0), ("A", 1), ("C", 0), ("C", 1))
+    rows = [r(row, t, s) for row in ("cascade_1ta@8+8", "l1@16") for t, s in ab]
+    rows += [r(row, t, s) for row in ("cascade_2ta@8+8", "l1@16") for t, s in ac if t == "C" or row != "l1@16"]
     rows += [r("l1@64", "A", 0)]                                           # a screen row: one run
+    # a control is no peer: the most runs of all, but only beside a cascade row
+    rows += [r(row, "D", s) for row in ("cascade_0ta@8+8", "l1:ta_teacher@16") for s in range(6)]
     kept = q.comparable(rows)
-    assert {x["row"] for x in kept} == {"cascade_1ta@8+8", "l1@16", "cascade_2ta@8+8"}
-    assert {(x["teacher"], x["seed"]) for x in kept} == {("A", 0), ("A", 1)}
-    rep = {"rows": rows + [r("l1@32", "A", 0), r("l1@32", "A", 1)]}
+    assert {x["row"] for x in kept} == {"cascade_2ta@8+8", "l1@16"}
+    assert {(x["teacher"], x["seed"]) for x in kept} == set(ac)                 # cascade_1ta sits it out
+    rep = {"rows": rows + [r("l1@32", t, s) for t, s in ac]}
     q.conclude(rep)
-    assert rep["verdict"]["0.83"]["runs"] == ["A0", "A1"]
+    assert rep["verdict"]["0.83"]["runs"] == ["A0", "A1", "C0", "C1"]
 
 
 def test_the_allocation_control_keeps_the_cascades_widths():
@@ -160,6 +164,13 @@ def test_a_bench_run_saves_rows_and_resumes_without_redoing_them(tmp_path):
     assert rep2["rows"][0] == rep["rows"][0]  # kept, not rerun
     v = rep2["verdict"]["0.5"]
     assert v["runs"] == ["A0", "A1"] and v["equal_epochs"][0]["epochs"] == 2
+    other = tmp_path / "t2.pt"  # another teacher under the name whose rows the file holds: refused
+    torch.save(create_model("vgg16_cifar", num_classes=2, width=0.125).state_dict(), other)
+    before = out.read_text()
+    wrong = subprocess.run(argv[:5] + [f"A={other}"] + argv[6:],
+                           capture_output=True, text=True, timeout=600)
+    assert wrong.returncode != 0 and "is not the teacher A" in wrong.stderr, wrong.stderr[-2000:]
+    assert out.read_text() == before
 
 
 def _search_bench():
