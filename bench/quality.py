@@ -222,7 +222,7 @@ def comparable(rows: list[dict]) -> list[dict]:
     """The rows a verdict compares, per target: confirmed ones (run with more than one teacher or seed; a one-run
     screen row never competes) on one set of runs (teacher, seed), so means over the same teachers and seeds are
     compared (teacher B's students are better for every method). The set is the largest that a cascade row and a
-    peer row both have; a confirmed row missing some of its runs sits the verdict out (listed, not compared)."""
+    peer row both have; a confirmed row missing any of them sits the verdict out (listed, not compared)."""
     out = []
     for target in sorted({r["target"] for r in rows}):
         here = [r for r in rows if r["target"] == target]
@@ -443,7 +443,8 @@ def main() -> None:
     def add_teachers(report):
         for name, now in measured.items():  # a name's rows must all come from one teacher
             was = report["teachers"].get(name)
-            if was and (was.get("sha256", now["sha256"]), was["test_accuracy"]) != (now["sha256"], now["test_accuracy"]):
+            old = was and (was.get("sha256", now["sha256"]), was["test_accuracy"])  # no hash saved: accuracy decides
+            if old and old != (now["sha256"], now["test_accuracy"]):
                 raise SystemExit(f"--teacher {name}={now['path']} is not the teacher {name} of {out}'s rows "
                                  f"({was['path']}, test {was['test_accuracy']:.2f}%): give it another name")
         report["teachers"].update(measured)
