@@ -8,8 +8,11 @@ counted training MACs.
 Each variant is a real ``run_search`` (local Ray, MLflow in SQLite) from one shared teacher and split:
 
 - ``family``: the cascade search over the shipped space, every member (student and TAs) a frontier point;
-- ``students``: the same searches scored on their students alone (the TAs dropped: no extra compute, the same
-  runs, so the difference is what the family points add);
+- ``family_all``: ``family`` with ``schedule.fine_tune: all`` (every TA fine-tuned too, at its own cost);
+- ``family_2ta``: ``family_all`` with two TAs in every trial, so each has a pruned TA (``family``'s 0-2 TAs give
+  most trials only the unpruned one);
+- ``students``, ``students_2ta``: ``family``'s and ``family_2ta``'s searches scored on their students alone (the
+  TAs dropped: the same runs, so the difference is what the family points add);
 - ``peers``: a search over the one-shot peers (method, ratio, tau, lambda_KD, lr);
 - ``mixed``: the cascade space with ``method`` a choice among the cascade and the peers;
 - ``grid``: the default cascade (one TA) at evenly spaced ratios, the grid sampler;
@@ -44,7 +47,8 @@ PEER_SPACE = {"method": {"choices": ["l1", "group_norm", "taylor"]}, "student_ra
               "tau": {"low": 2.0, "high": 16.0, "log": True}, "lambda_kd": {"low": 0.2, "high": 0.9},
               "lr": {"low": 0.004, "high": 0.04, "log": True}}
 GRID_RATIOS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-VARIANTS = ("family", "peers", "mixed", "grid", "pareto")  # "students" is read off "family"'s runs
+VARIANTS = ("family", "family_all", "family_2ta", "peers", "mixed", "grid", "pareto")
+STUDENTS = {"students": "family", "students_2ta": "family_2ta"}  # views: the same runs, students only
 
 
 def overrides(variant: str, mode: str, trials: int) -> dict:
@@ -52,6 +56,10 @@ def overrides(variant: str, mode: str, trials: int) -> dict:
     out = {**SEARCH[mode]["prune"], "num_trials": trials, "space.method": {"choices": ["cascade"]}}
     if variant == "peers":
         out.update(num_trials=2 * trials, space=PEER_SPACE)
+    elif variant in ("family_all", "family_2ta"):
+        out["prune.schedule.fine_tune"] = "all"
+        if variant == "family_2ta":
+            out["space.num_tas"] = 2
     elif variant == "mixed":
         out.update({"num_trials": trials + trials // 2, "space.method": {"choices": ["cascade", "l1", "taylor"]}})
     elif variant == "grid":
@@ -91,7 +99,8 @@ def summarize(rows: list[dict]) -> dict:
     pareto, the compute it took to reach family's final test hypervolume, as a fraction of family's."""
     budget = min(r["curve"][-1]["train_tmacs"] for r in rows)
     out: dict = {"budget_tmacs": budget, "variants": {}}
-    views = [(v, v, "test_hypervolume") for v in VARIANTS] + [("students", "family", "student_test_hypervolume")]
+    views = [(v, v, "test_hypervolume") for v in VARIANTS] + [(s, v, "student_test_hypervolume")
+                                                                for s, v in STUDENTS.items()]
     for name, variant, key in views:
         vals = [at_budget(r["curve"], budget, key)[0] for r in rows if r["variant"] == variant]
         points = [r["frontier_points"] for r in rows if r["variant"] == variant and "frontier_points" in r]
@@ -99,7 +108,7 @@ def summarize(rows: list[dict]) -> dict:
         if vals:
             out["variants"][name] = {"test_hypervolume": statistics.fmean(vals), "std": statistics.stdev(vals)
                                      if len(vals) > 1 else 0.0, "seeds": len(vals),
-                                     "frontier_points": statistics.fmean(points) if points and name != "students"
+                                     "frontier_points": statistics.fmean(points) if points and name not in STUDENTS
                                      else None,
                                      "final_test_hypervolume": statistics.fmean(h for h, _ in final),
                                      "final_tmacs": statistics.fmean(c for _, c in final)}

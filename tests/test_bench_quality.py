@@ -189,12 +189,16 @@ def test_the_search_benchmark_compares_at_the_least_compute_any_search_spent():
 
     rows = [row("family", 0, [(1.0, 0.2, 0.1), (2.0, 0.5, 0.3), (4.0, 0.6, 0.4)]),
             row("peers", 0, [(1.5, 0.4, 0.4), (3.0, 0.45, 0.45)]),            # spent the least: the budget is 3
-            row("pareto", 0, [(0.5, 0.3, 0.3), (1.5, 0.6, 0.5), (5.0, 0.7, 0.6)])]
+            row("pareto", 0, [(0.5, 0.3, 0.3), (1.5, 0.6, 0.5), (5.0, 0.7, 0.6)]),
+            row("family_2ta", 0, [(2.5, 0.65, 0.35), (6.0, 0.8, 0.5)])]
     s = q.summarize(rows)
     assert s["budget_tmacs"] == 3.0
     v = s["variants"]
     assert v["family"]["test_hypervolume"] == 0.5 and v["students"]["test_hypervolume"] == 0.3
     assert v["peers"]["test_hypervolume"] == 0.45 and v["pareto"]["test_hypervolume"] == 0.6
     assert s["pareto_compute_to_reach_family"] == [1.5 / 4.0]   # family's final 0.6, reached at 1.5 of its 4.0
+    assert v["family_2ta"]["test_hypervolume"] == 0.65 and v["students_2ta"]["test_hypervolume"] == 0.35
+    two = q.overrides("family_2ta", "cpu", 8)
+    assert two["space.num_tas"] == 2 and two["prune.schedule.fine_tune"] == "all"
     assert q.overrides("grid", "cpu", 8)["sampler.name"] == "grid"
     assert q.overrides("peers", "cpu", 8)["num_trials"] == 16
