@@ -124,12 +124,23 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """The seeds' mean test hypervolume at each compute any of them reached, up to the least total among them
+    (so every seed counts at every point)."""
+    end = min(c[-1]["train_tmacs"] for c in curves)
+    steps = sorted({p["train_tmacs"] for c in curves for p in c if p["train_tmacs"] <= end})
+    return [{"train_tmacs": x, "test_hypervolume": statistics.fmean(at_budget(c, x, "test_hypervolume")[0]
+                                                                    for c in curves)} for x in steps]
+
+
 def plot(report: dict, path: Path) -> None:
     from search.frontier import plot_curve
 
-    curves = {f"{r['variant']} s{r['seed']}": r["curve"] for r in report["rows"]}
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in report["rows"])]
+    curves = {v: mean_curve([r["curve"] for r in report["rows"] if r["variant"] == v]) for v in variants}
+    seeds = len({r["seed"] for r in report["rows"]})
     plot_curve(curves, path, key="test_hypervolume", ylabel="test hypervolume (frontier chosen on validation)",
-               title="one line per search seed")
+               title=f"mean over {seeds} search seeds, to the least compute any seed spent")
 
 
 def table(report: dict) -> str:

@@ -200,5 +200,8 @@ def test_the_search_benchmark_compares_at_the_least_compute_any_search_spent():
     assert v["family_2ta"]["test_hypervolume"] == 0.65 and v["students_2ta"]["test_hypervolume"] == 0.35
     two = q.overrides("family_2ta", "cpu", 8)
     assert two["space.num_tas"] == 2 and two["prune.schedule.fine_tune"] == "all"
+    mean = q.mean_curve([rows[0]["curve"], rows[2]["curve"]])   # family ends at 4.0: nothing after it
+    assert [(c["train_tmacs"], c["test_hypervolume"]) for c in mean] == [
+        (0.5, 0.15), (1.0, 0.25), (1.5, 0.4), (2.0, 0.55), (4.0, 0.6)]
     assert q.overrides("grid", "cpu", 8)["sampler.name"] == "grid"
     assert q.overrides("peers", "cpu", 8)["num_trials"] == 16
