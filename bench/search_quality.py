@@ -15,7 +15,7 @@ Each variant is a real ``run_search`` (local Ray, MLflow in SQLite) from one sha
   TAs dropped: the same runs, so the difference is what the family points add);
 - ``peers``: a search over the one-shot peers (method, ratio, tau, lambda_KD, lr);
 - ``mixed``: the cascade space with ``method`` a choice among the cascade and the peers;
-- ``grid``: the default cascade (one TA) at evenly spaced ratios, the grid sampler;
+- ``grid``: the one-TA cascade (its other settings default) at evenly spaced ratios, the grid sampler;
 - ``pareto``: ``family`` with the pareto successive-halving scheduler (stopped trials cost their partial epochs).
 
 Every search records its hypervolume against its cumulative training compute as trials end (``curve.json``).
