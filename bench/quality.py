@@ -397,10 +397,10 @@ def _write(out: Path, report: dict) -> None:
     tmp.replace(out)  # atomic: a reader never sees half a file
 
 
-def merge_saved(out: Path, settings: dict, update) -> dict:
-    """Read ``out`` under a lock, apply ``update(report)`` and write it back: several processes (one per
-    teacher, say: the 2 cores run two rows at a time) share one JSON without losing each other's rows. A file
-    of other settings is refused, not overwritten."""
+def merge_saved(out: Path, settings: dict, update=None) -> dict:
+    """Read ``out`` under a lock, apply ``update(report)`` and write it back (no ``update``: only read it):
+    several processes (one per teacher, say: the 2 cores run two rows at a time) share one JSON without losing
+    each other's rows. A file of other settings is refused, not overwritten."""
     import fcntl
 
     with open(out.with_name(out.name + ".lock"), "w") as lock:
@@ -411,8 +411,9 @@ def merge_saved(out: Path, settings: dict, update) -> dict:
             diff = ", ".join(f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in settings.items()
                              if theirs.get(k) != v)
             raise SystemExit(f"{out} holds rows of other settings ({diff}): pass another --out")
-        update(report)
-        _write(out, report)
+        if update:
+            update(report)
+            _write(out, report)
         return report
 
 
@@ -430,7 +431,7 @@ def main() -> None:
     out = Path(args.out)
     settings = {"width": args.width, "train_subset": args.train_subset, "val_fraction": args.val_fraction,
                 "set": args.set, "data": Path(args.data).resolve().name}
-    merge_saved(out, settings, lambda report: None)  # other settings: refused before any work
+    merge_saved(out, settings)  # other settings: refused before any work
     device = resolve_device("auto")
     data = load_prune_data(load_prune_config(None, shared_overrides(args, next(iter(teachers.values())), 0)))
     measured = {}
@@ -459,7 +460,7 @@ def main() -> None:
                 for name, path in teachers.items():
                     for row in args.rows:
                         # read afresh: another process sharing --out may have run this row meanwhile
-                        saved = merge_saved(out, settings, lambda rep: None)["rows"]
+                        saved = merge_saved(out, settings)["rows"]
                         if (name, row["name"], target, seed) in {_key(x) for x in saved}:
                             continue
                         r = run_row(args, row, name, path, target, seed, data)
