@@ -2,10 +2,13 @@
 counted training MACs.
 
     python bench/search_quality.py [--mode cpu|gpu] [--seeds 0 1 2] [--out bench/search_quality.json]
+    python bench/search_quality.py --mode cifar --data DIR --teacher PATH   # CIFAR-10 on CPU cores
     python bench/search_quality.py --smoke         # the suite's check: one seed, two trials a search
     python bench/search_quality.py --report bench/search_quality.json
 
-Each variant is a real ``run_search`` (local Ray, MLflow in SQLite) from one shared teacher and split:
+Each variant is a real ``run_search`` (local Ray, MLflow in SQLite) from one shared teacher and split: in
+``cpu`` mode the quickstart's (digits, a teacher trained once and cached), in ``cifar`` and ``gpu`` modes the
+converged VGG16 x0.25 CIFAR-10 teacher and its split (``cifar``: 5,000 training images, 2 + 2 epochs a trial):
 
 - ``family``: the cascade search over the shipped space, every member (student and TAs) a frontier point;
 - ``family_all``: ``family`` with ``schedule.fine_tune: all`` (every TA fine-tuned too, at its own cost);
@@ -37,12 +40,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
-SEARCH = {  # what every variant shares: the smoke search's settings
+SEARCH = {  # per mode: what every variant shares
     "cpu": {"config": ROOT / "configs" / "smoke.yaml", "trials": 8, "concurrency": 2,
             "prune": {"prune.schedule.joint_epochs": 2, "prune.schedule.finetune_epochs": 2}},
+    "cifar": {"config": ROOT / "configs" / "cifar10_vgg16.yaml", "trials": 8, "concurrency": 2,
+              "prune": {"prune.schedule.joint_epochs": 2, "prune.schedule.finetune_epochs": 2,
+                        "prune.data.train_subset": 5000, "prune.device": "cpu", "resources": {"cpu": 1, "gpu": 0},
+                        "sampler.n_startup_trials": 2}},
     "gpu": {"config": ROOT / "configs" / "cifar10_vgg16.yaml", "trials": 32, "concurrency": 8,
             "prune": {"prune.schedule.joint_epochs": 8, "prune.schedule.finetune_epochs": 8}},
 }
+TEACHER_SPLIT = {"prune.model.width": 0.25, "prune.data.name": "imagefolder", "prune.data.val_fraction": 0.2,
+                 "prune.data.split_seed": 0}  # the shared converged teacher's model and split (its README)
 PEER_SPACE = {"method": {"choices": ["l1", "group_norm", "taylor"]}, "student_ratio": {"low": 0.3, "high": 0.8},
               "tau": {"low": 2.0, "high": 16.0, "log": True}, "lambda_kd": {"low": 0.2, "high": 0.9},
               "lr": {"low": 0.004, "high": 0.04, "log": True}}
@@ -76,6 +85,9 @@ def run_variant(variant: str, seed: int, args) -> dict:
 
     s = SEARCH[args.mode]
     ov = overrides(variant, args.mode, args.trials or s["trials"])
+    if args.mode != "cpu":  # CIFAR-10: the converged teacher and the data it was trained on
+        ov.update({**TEACHER_SPLIT, "prune.data.root": str(Path(args.data).resolve()),
+                   "prune.teacher.checkpoint": str(Path(args.teacher).resolve())})
     ov.update({"experiment": f"{variant}_s{seed}", "seed": seed, "results_dir": str(Path(args.workdir) / "results"),
                "storage": str(Path(args.workdir) / "storage"), "concurrency": s["concurrency"]})
     t0 = time.time()
@@ -164,6 +176,9 @@ def main() -> None:
     ap.add_argument("--mode", choices=sorted(SEARCH), default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--data", help="cifar and gpu modes: the extracted cifar10-jpg folder")
+    ap.add_argument("--teacher", help="cifar and gpu modes: the converged VGG16 x0.25 teacher "
+                                      "(../shared/data/teachers/README.md)")
     ap.add_argument("--trials", type=int, help="a cascade search's trials (the others scale from it)")
     ap.add_argument("--workdir", default="results/bench_search")
     ap.add_argument("--out", default=str(Path(__file__).with_name("search_quality.json")))
@@ -174,10 +189,13 @@ def main() -> None:
         out = Path(args.report)
         report = json.loads(out.read_text())
         return finish(report, out)
+    if args.mode != "cpu" and not (args.data and args.teacher):
+        ap.error(f"--mode {args.mode} needs --data and --teacher")
     if args.smoke:
         args.seeds, args.trials = args.seeds[:1], 2
     out = Path(args.out)
-    settings = {"mode": args.mode, "trials": args.trials}
+    settings = {"mode": args.mode, "trials": args.trials, **({"teacher": Path(args.teacher).name} if args.teacher
+                                                               else {})}
     report = json.loads(out.read_text()) if out.exists() else {}
     if report.get("settings") != settings:
         report = {"settings": settings, "rows": []}

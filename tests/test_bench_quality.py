@@ -205,3 +205,9 @@ def test_the_search_benchmark_compares_at_the_least_compute_any_search_spent():
         (0.5, 0.15), (1.0, 0.25), (1.5, 0.4), (2.0, 0.55), (4.0, 0.6)]
     assert q.overrides("grid", "cpu", 8)["sampler.name"] == "grid"
     assert q.overrides("peers", "cpu", 8)["num_trials"] == 16
+
+
+def test_the_search_benchmark_on_cifar_needs_the_data_and_the_converged_teacher():
+    r = subprocess.run([sys.executable, str(SCRIPT.with_name("search_quality.py")), "--mode", "cifar"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--mode cifar needs --data and --teacher" in r.stderr, r.stderr[-2000:]
