@@ -31,6 +31,7 @@ they finish; a rerun skips them. Writes the JSON and its .png (the curves).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -194,8 +195,9 @@ def main() -> None:
     if args.smoke:
         args.seeds, args.trials = args.seeds[:1], 2
     out = Path(args.out)
-    settings = {"mode": args.mode, "trials": args.trials, **({"teacher": Path(args.teacher).name} if args.teacher
-                                                               else {})}
+    settings = {"mode": args.mode, "trials": args.trials}
+    if args.teacher:  # the weights, as bench/quality.py records them: another file under the same name starts anew
+        settings["teacher_sha256"] = hashlib.sha256(Path(args.teacher).read_bytes()).hexdigest()
     report = json.loads(out.read_text()) if out.exists() else {}
     if report.get("settings") != settings:
         report = {"settings": settings, "rows": []}
