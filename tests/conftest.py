@@ -4,15 +4,10 @@ import pytest
 import torch
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the torchvision sweep's checks for the models this session selected (test_sweep.prestart): they run
-    in the background while the tests before that module's leave the cores idle."""
-    items = [item for item in session.items
-             if getattr(item, "originalname", "") == "test_torchvision_model_is_pruned_or_refused"]
-    if items and not session.config.option.collectonly:
-        import test_sweep
-
-        test_sweep.prestart(items, session.config)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the session's local Ray instance run last, one after another (the sort is stable): idle, Ray
+    keeps a fifth of a core busy (raylet, GCS, agents), which every test after its start would share."""
+    items.sort(key=lambda item: "local_ray" in item.fixturenames)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,10 +3,10 @@ the model is refused up front with one line naming the reason and the layer. Nev
 
 Random-init weights, the smallest input each model accepts, two members, two images: the sweep checks the
 machinery (groups, composite BN masks, stems, heads, activations), not accuracy. The checks run in two worker
-processes at one thread each (they are mostly Python, tracing the graph), started with the session at idle CPU
-priority: they run beside the rest of the suite, in the time its tests leave the cores idle."""
+processes at one thread each (they are mostly Python, tracing the graph), when this module's tests run: run beside
+the rest of the suite, even at idle CPU priority, they doubled its time (the other tests' subprocesses and Ray
+workers slowed by the sweep's gigabytes of fresh memory)."""
 import multiprocessing
-import os
 import traceback
 import warnings
 
@@ -89,35 +89,19 @@ def _worker_check(name: str) -> tuple[bool, str]:
         return False, traceback.format_exc()
 
 
-def _idle_worker() -> None:
-    """One thread at idle CPU priority: the sweep fills the cores the rest of the suite leaves idle (process and
-    Ray start-ups, waits) and yields them to any other work."""
-    torch.set_num_threads(1)
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # two workers on two cores
     warnings.simplefilter("ignore")  # the workers' stderr is the terminal's: keep pytest's output clean
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux
-        os.nice(19)
-
-
-_early: dict = {}
-
-
-def prestart(items: list[pytest.Item], config: pytest.Config) -> None:
-    """Begin checking the selected models in two spawned workers as soon as the session's tests are known
-    (conftest calls this), so the checks run beside the tests before this module's."""
-    names = [item.callspec.params["name"] for item in items]
-    pool = multiprocessing.get_context("spawn").Pool(2, initializer=_idle_worker)
-    config.add_cleanup(pool.terminate)
-    # the workers exit once done, so their memory is back before the searches that follow need it
-    _early["names"], _early["result"] = names, pool.map_async(_worker_check, names, chunksize=1,
-                                                                  callback=lambda _: pool.close())
 
 
 @pytest.fixture(scope="module")
-def outcomes() -> dict[str, tuple[bool, str]]:
-    """The outcome of every model this session selected."""
-    return dict(zip(_early["names"], _early["result"].get()))
+def outcomes(request) -> dict[str, tuple[bool, str]]:
+    """The outcome of every model this session selected, checked in two spawned workers that exit once done
+    (their memory is back before the tests that follow need it)."""
+    names = [item.callspec.params["name"] for item in request.session.items
+             if getattr(item, "originalname", "") == "test_torchvision_model_is_pruned_or_refused"]
+    with multiprocessing.get_context("spawn").Pool(2, initializer=_one_thread) as pool:
+        return dict(zip(names, pool.map(_worker_check, names, chunksize=1)))
 
 
 @pytest.mark.slow
