@@ -3,9 +3,8 @@ the model is refused up front with one line naming the reason and the layer. Nev
 
 Random-init weights, the smallest input each model accepts, two members, two images: the sweep checks the
 machinery (groups, composite BN masks, stems, heads, activations), not accuracy. The checks run in two worker
-processes at one thread each (they are mostly Python, tracing the graph), when this module's tests run: run beside
-the rest of the suite, even at idle CPU priority, they doubled its time (the other tests' subprocesses and Ray
-workers slowed by the sweep's gigabytes of fresh memory)."""
+processes at one thread each (they are mostly Python, tracing the graph), when this module's tests run, not beside
+the rest of the suite: there, even at idle CPU priority, they made the other tests' Ray searches about twice as slow."""
 import multiprocessing
 import traceback
 import warnings
